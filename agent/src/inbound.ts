@@ -174,7 +174,7 @@ export class Inbound {
       dstAddr: `${host}:${port}`,
       hboneAddr: req.authority,
       dstPod: dest.name,
-      logging: dest.telemetry?.accessLogging,
+      logging: [dest.telemetry?.accessLogging],
     }, this.#o.accessLog);
     const source = {
       ...(principal ? { sourcePrincipal: principal } : {}),

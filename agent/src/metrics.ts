@@ -25,11 +25,14 @@ import { FLAG_NONE, TRAFFIC_LABELS, trafficLabels, type Peer, type Reporter, typ
 
 export type TcpLabels = Record<TrafficLabel, string>;
 
+/** A workload's access-log settings (its Telemetry); undefined: on, JSON, stdout only. */
+export type AccessLogging = TelemetrySettings['accessLogging'];
+
 /**
- * Receives one access-log entry (the agent adds time, type and node) with the reporter's
- * workload's access-log settings (written to stdout unless disabled, in their encoding).
+ * Receives one access-log entry (the agent adds time, type and node) with the access-log settings
+ * of each workload whose line it is (none given: the defaults).
  */
-export type AccessLogSink = (entry: Record<string, unknown>, logging?: TelemetrySettings['accessLogging']) => void;
+export type AccessLogSink = (entry: Record<string, unknown>, logging?: ReadonlyArray<AccessLogging | undefined>) => void;
 
 /** Where the agent's access-log lines go: stdout, a Telemetry's OTLP endpoint, and /flows. */
 export interface AccessLogOutputs {
@@ -42,18 +45,34 @@ export interface AccessLogOutputs {
   publish: (entry: Record<string, unknown>, json: string | undefined) => void;
 }
 
-/** The agent's access log: each entry stamped (time, type, node) and sent where the settings say. */
+/**
+ * The agent's access log: each entry stamped (time, type, node) and sent where the settings of
+ * each workload whose line it is say, each workload's settings its own: a line no workload switched
+ * off is written once per encoding they ask for, and sent to each OTLP endpoint one names (in that
+ * one's encoding). A workload switching its log off so removes only its own copy: a same-node
+ * connection's one line is its destination's inbound line too, which its source's Telemetry (another
+ * namespace's, perhaps) cannot take away.
+ */
 export function accessLogSink(out: AccessLogOutputs): AccessLogSink {
-  return (entry, logging) => {
+  return (entry, logging = [undefined]) => {
     const line = { time: new Date().toISOString(), type: 'access', node: out.node, ...entry };
-    let json: string | undefined;
-    if (!logging?.disabled) {
-      const text = formatAccessLog(line, logging?.encoding);
-      if ((logging?.encoding ?? 'JSON') === 'JSON') json = text;
-      out.write(text);
-      if (logging?.otlpEndpoint) out.otlp(logging.otlpEndpoint, text, line);
+    const texts = new Map<'JSON' | 'TEXT', string>();
+    const text = (encoding: 'JSON' | 'TEXT'): string => {
+      let t = texts.get(encoding);
+      if (t === undefined) texts.set(encoding, (t = formatAccessLog(line, encoding)));
+      return t;
+    };
+    const sent = new Set<string>();
+    for (const l of logging) {
+      if (l?.disabled) continue;
+      const encoding = l?.encoding ?? 'JSON';
+      if (!texts.has(encoding)) out.write(text(encoding));
+      if (l?.otlpEndpoint && !sent.has(`${encoding} ${l.otlpEndpoint}`)) {
+        sent.add(`${encoding} ${l.otlpEndpoint}`);
+        out.otlp(l.otlpEndpoint, text(encoding), line);
+      }
     }
-    out.publish(line, json);
+    out.publish(line, texts.get('JSON'));
   };
 }
 
@@ -321,8 +340,11 @@ export interface ConnectionOpen {
   dstPod?: string | undefined;
   /** Extra access-log fields (`via` for a waypoint). */
   extra?: Record<string, unknown>;
-  /** The access-log settings of the reporter's own workload (Telemetry); default on, JSON. */
-  logging?: TelemetrySettings['accessLogging'] | undefined;
+  /**
+   * The access-log settings (Telemetry) of each workload whose line this is: the reporter's own; a
+   * same-node connection's destination's too, whose agent is this one and writes no other line of it.
+   */
+  logging?: ReadonlyArray<AccessLogging | undefined>;
 }
 
 export interface ConnectionOutcome {

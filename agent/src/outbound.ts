@@ -276,7 +276,9 @@ export class Outbound {
       dstAddr: up.kind === 'hbone' ? `${up.address}:${up.port}` : up.target,
       hboneAddr: up.kind === 'hbone' ? up.target : undefined,
       dstPod: up.kind === 'local' ? up.workload.name : undefined,
-      logging: source.telemetry?.accessLogging,
+      // Same node: this line is the destination's inbound line as well (no other agent sees the
+      // connection), so the destination's settings count beside the source's, each its own.
+      logging: up.kind === 'local' ? [source.telemetry?.accessLogging, up.workload.telemetry?.accessLogging] : [source.telemetry?.accessLogging],
       extra: { 'dst.original': dest, via: viaOf(up) },
     };
     return new ConnectionRecord(this.#o.metrics, open, this.#o.accessLog, started);

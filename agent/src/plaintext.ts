@@ -198,7 +198,7 @@ export class PlaintextInbound {
       srcAddr: `${client.ip}:${client.port}`,
       dstAddr: `${dst.ip}:${dst.port}`,
       dstPod: dest.name,
-      logging: dest.telemetry?.accessLogging,
+      logging: [dest.telemetry?.accessLogging],
     }, o.accessLog, started);
     record.annotate(dryRunLogFields(dryRun));
     const m = o.metrics;

@@ -8,7 +8,16 @@ import { validateObject } from '../../lib/model/validate.ts';
 import { compile, emptyInputs } from '../../controller/src/compile.ts';
 import type { Telemetry as TelemetryObject } from '../../lib/model/objects.ts';
 import { Telemetry, incomingTraceContext, outgoingTraceHeaders } from '../../waypoint/src/telemetry.ts';
-import { formatAccessLog } from '../../agent/src/metrics.ts';
+import { AgentMetrics, accessLogSink, formatAccessLog } from '../../agent/src/metrics.ts';
+import net from 'node:net';
+import { once } from 'node:events';
+import { AgentState } from '../../agent/src/state.ts';
+import { Outbound } from '../../agent/src/outbound.ts';
+import { DeniedError } from '../../agent/src/delivery.ts';
+import { HbonePool } from '../../lib/hbone/index.ts';
+import { silentLogger } from '../../lib/log.ts';
+import { until as waitFor } from '../lab/wait.ts';
+import type { TelemetrySettings, Workload } from '../../lib/model/mesh.ts';
 import { pod, ns } from './controller-fixtures.ts';
 
 const tel = (namespace: string, name: string, spec: TelemetryObject['spec'], created = '2026-01-01T00:00:00Z'): TelemetryObject =>
@@ -176,5 +185,84 @@ test('a Telemetry outside the root namespace may name only an OTLP endpoint the 
     assert.ok(counted.some((v) => v.labels['kind'] === 'Telemetry' && v.labels['reason'] === 'EndpointNotAllowed' && v.value === 1), JSON.stringify(counted));
   } finally {
     await controller.stop();
+  }
+});
+
+// The attack: namespace evil's Telemetry switches its own access log off, and its pod calls shop's
+// pod on the same node. Only the source's agent sees such a connection (no tunnel, no second
+// agent), so its one line is shop's inbound line as well; written under the source's settings alone,
+// evil's Telemetry removed shop's record of the connection, the DENY naming shop's policy included
+// (docs/SECURITY.md: every refusal is an access-log line naming the policy). Istio's sidecars log a
+// connection once at each end, each under its own workload's Telemetry
+// (https://istio.io/latest/docs/tasks/observability/telemetry/): a workload's settings are its own.
+test('a Telemetry of namespace A cannot switch off the access log of B\'s pod: a same-node connection from A\'s pod is logged under B\'s settings too, allowed or denied', async () => {
+  const server = net.createServer((c) => { c.on('error', () => {}); c.pipe(c); });
+  server.listen(0, '127.0.0.2');
+  await once(server, 'listening');
+  const port = (server.address() as net.AddressInfo).port;
+  const wl = (namespace: string, name: string, ip: string, logging?: Logging): Workload => ({
+    uid: `${namespace}/${name}`, name, namespace, node: 'node1', nodeIp: '127.0.0.1', ip, serviceAccount: name,
+    spiffeId: `spiffe://cluster.local/ns/${namespace}/sa/${name}`, labels: {}, enrolled: true, mode: 'PERMISSIVE', services: [],
+    workloadName: name, canonicalService: name, canonicalRevision: 'latest', cluster: 'Kubernetes',
+    ...(logging ? { telemetry: { sources: [`${namespace}/t`], accessLogging: logging } } : {}),
+  }) as Workload;
+  type Logging = TelemetrySettings['accessLogging'];
+  const quiet: Logging = { disabled: true, encoding: 'JSON' };
+  /** One connection from evil/client (127.0.0.1) to shop/db (127.0.0.2) on node1; the lines written and sent to OTLP. */
+  const connect = async (src: Logging | undefined, dst: Logging | undefined, deny: boolean) => {
+    const state = new AgentState('node1');
+    state.apply({ node: 'node1', workloads: [wl('evil', 'client', '127.0.0.1', src), wl('shop', 'db', '127.0.0.2', dst)], services: [], policies: [], peerAuthentications: [], waypoints: [] });
+    const lines: string[] = [];
+    const otlp: Array<[string, string]> = [];
+    const pool = new HbonePool();
+    const o = new Outbound({
+      node: 'node1', nodeIp: '127.0.0.1', state, pool, metrics: new AgentMetrics(),
+      datapath: { originalDestination: () => ({ ip: '127.0.0.2', port, clientNetnsCookie: 7n }) },
+      podIpOf: () => '127.0.0.1',
+      certs: { get: () => Promise.reject(new Error('no certificates in this test')) },
+      authorizer: {
+        authorize: () => { if (deny) throw new DeniedError('no ALLOW policy matched', 403, 'shop/allow-web'); return undefined; },
+        connectToPod: async (_w: Workload, p: number) => { const s = net.connect({ host: '127.0.0.2', port: p }); await once(s, 'connect'); return s; },
+        track: () => undefined,
+      } as never,
+      log: silentLogger,
+      accessLog: accessLogSink({ node: 'node1', write: (l) => lines.push(l), otlp: (endpoint, text) => otlp.push([endpoint, text]), publish: () => {} }),
+    });
+    await o.listen(0, '127.0.0.1');
+    try {
+      const sock = net.connect({ host: '127.0.0.1', port: (o.server.address() as net.AddressInfo).port, localAddress: '127.0.0.1' });
+      sock.on('error', () => {});
+      await once(sock, 'connect');
+      sock.end('ping\n');
+      sock.resume();
+      await once(sock, 'close');
+      await waitFor('the connection is done', () => o.active === 0, 5000);
+    } finally {
+      await o.close(0);
+      pool.close(0);
+    }
+    return { lines, otlp };
+  };
+  try {
+    // The attack, allowed and denied: evil's Telemetry turns its log off; shop's says nothing (the default: on).
+    const allowed = await connect(quiet, undefined, false);
+    assert.equal(allowed.lines.length, 1, 'shop\'s pod keeps its line of the connection (before: none)');
+    const line = JSON.parse(allowed.lines[0]!);
+    assert.deepEqual([line['src.namespace'], line['dst.namespace'], line['dst.workload']], ['evil', 'shop', 'db']);
+    const denied = await connect(quiet, undefined, true);
+    assert.equal(denied.lines.length, 1, 'the refusal keeps its access-log line naming shop\'s policy (before: none)');
+    assert.equal(JSON.parse(denied.lines[0]!).response_flags, 'DENY');
+    assert.match(JSON.parse(denied.lines[0]!).error, /no ALLOW policy matched/);
+    // Each side's settings are its own: both off writes nothing; shop's off leaves evil's line; in two
+    // encodings, a line in each; an OTLP endpoint (one the root namespace names) gets its own side's line.
+    assert.deepEqual((await connect(quiet, quiet, false)).lines, []);
+    assert.equal((await connect(undefined, quiet, false)).lines.length, 1);
+    const two = await connect({ disabled: false, encoding: 'TEXT', otlpEndpoint: 'http://collector-a:4318/v1/logs' }, { disabled: false, encoding: 'JSON', otlpEndpoint: 'http://collector-b:4318/v1/logs' }, false);
+    assert.equal(two.lines.length, 2);
+    assert.match(two.lines[0]!, / info access connection complete /);
+    assert.equal(JSON.parse(two.lines[1]!)['dst.workload'], 'db');
+    assert.deepEqual(two.otlp.map(([e, t]) => [e, t.startsWith('{') ? 'JSON' : 'TEXT']), [['http://collector-a:4318/v1/logs', 'TEXT'], ['http://collector-b:4318/v1/logs', 'JSON']]);
+  } finally {
+    server.close();
   }
 });
