@@ -9,7 +9,7 @@ import { CONDITION_KEYS, OPERATION_FIELDS, SOURCE_FIELDS, conditionKey, isCidr, 
 import { isDuration, parseDuration } from './duration.ts';
 import { ValidationError, type ValidationIssue } from './errors.ts';
 import { ANNOTATION_DRY_RUN, KINDS, WAYPOINT_GATEWAY_CLASSES, isMeshKind, parseDryRun, type MeshKind, type MeshObject } from './objects.ts';
-import { grpcMethodPattern, regexProblem } from '../regex.ts';
+import { RegexBudget, grpcMethodPattern, regexProblem } from '../regex.ts';
 import { jwksUriProblem, parseJwks } from '../policy/jwt.ts';
 import { MAX_NESTING } from './manifest.ts';
 
@@ -44,6 +44,8 @@ class Checker {
   readonly kind: string;
   readonly namespace: string;
   readonly name: string;
+  /** What the object's patterns may still compile (lib/regex.ts RegexBudget): every regex checked takes from it. */
+  readonly regexBudget = new RegexBudget();
 
   constructor(kind: string, namespace: string, name: string) {
     this.kind = kind;
@@ -211,7 +213,7 @@ class Checker {
     const s = this.str(v, path, { required: true });
     if (s === undefined) return;
     // RE2, as the waypoint matches them (lib/regex.ts).
-    const why = regexProblem(s);
+    const why = regexProblem(s, this.regexBudget);
     if (why) this.fail(path, `"${s.slice(0, 80)}" is not a valid regular expression: it ${why}`);
   }
 }
@@ -866,7 +868,7 @@ function serviceAccountRules(c: Checker, v: unknown, path: string): void {
 }
 
 function policyValue(c: Checker, spec: FieldSpec, s: string, path: string): void {
-  const problem = valueProblem(spec.kind, s);
+  const problem = valueProblem(spec.kind, s, c.regexBudget);
   if (problem) c.fail(path, problem);
 }
 
@@ -1352,7 +1354,7 @@ function validateRoute(c: Checker, o: Json, kind: 'HTTPRoute' | 'GRPCRoute'): vo
           // Each part may pass alone and the path pattern the controller compiles them to
           // (`^/(?:service)/(?:method)$`) still be too long or too large for the waypoint.
           if (type === 'RegularExpression' && c.issues.length === before && (mm.service !== undefined || mm.method !== undefined)) {
-            const why = regexProblem(grpcMethodPattern(mm.service as string | undefined, mm.method as string | undefined));
+            const why = regexProblem(grpcMethodPattern(mm.service as string | undefined, mm.method as string | undefined), c.regexBudget);
             if (why) c.fail(`${mp}.method`, `service and method together are not a usable regular expression: the path pattern ^/(?:service)/(?:method)$ ${why}`);
           }
         }

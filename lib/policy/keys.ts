@@ -19,7 +19,7 @@
 // refused ALLOW is not in force, and with no other ALLOW its scope is open.
 import { isIP } from 'node:net';
 import { addressProblem } from '../model/address.ts';
-import { escapeRegex, regexProblem } from '../regex.ts';
+import { escapeRegex, regexProblem, type RegexBudget } from '../regex.ts';
 
 /** Where an attribute can be seen. */
 export type PolicyLayer = 'L4' | 'L7';
@@ -204,7 +204,7 @@ export function cidrProblem(s: string): string | undefined {
  * `*` inside a host) is a rule that matches nothing, not a refused policy. Refusing more than Istio
  * would not be safer: a refused ALLOW is not in force, and with no other ALLOW its scope is open.
  */
-export function valueProblem(kind: ValueKind, value: string): string | undefined {
+export function valueProblem(kind: ValueKind, value: string, budget?: RegexBudget): string | undefined {
   const q = JSON.stringify(value);
   switch (kind) {
     case 'cidr':
@@ -228,11 +228,11 @@ export function valueProblem(kind: ValueKind, value: string): string | undefined
     case 'path':
       // Istio (pkg/config/security CheckValidPathTemplate), for every path: `{` and `}` only in a
       // whole `{*}` or `{**}` segment (`/{buzz}`, a named variable, is refused).
-      if (isPathTemplate(value)) return pathTemplateProblem(value);
+      if (isPathTemplate(value)) return pathTemplateProblem(value, budget);
       if (/[{}]/.test(value)) return `${q}: { and } are allowed only in a whole segment {*} or {**}`;
       return undefined;
     case 'namespace': {
-      const tooBig = value !== '*' && value.includes('*') ? regexProblem(namespacePattern(value)) : undefined;
+      const tooBig = value !== '*' && value.includes('*') ? regexProblem(namespacePattern(value), budget) : undefined;
       return tooBig ? `${q}: as a pattern it ${tooBig}` : undefined;
     }
     case 'principal':
@@ -283,7 +283,7 @@ export function pathTemplatePattern(template: string): string {
  * `{*}`, `{**}` (at most one, after every other operator) or a literal of pchar characters, so no
  * `*`, `{` or `}` outside an operator and nothing else in an operator's segment.
  */
-function pathTemplateProblem(value: string): string | undefined {
+function pathTemplateProblem(value: string, budget: RegexBudget | undefined): string | undefined {
   const q = JSON.stringify(value);
   if (!value.startsWith('/')) return `${q}: a path template must start with /`;
   let anySeen = false;
@@ -294,6 +294,6 @@ function pathTemplateProblem(value: string): string | undefined {
     if (/[{}]/.test(seg)) return `${q}: { and } are allowed only in a whole segment {*} or {**}`;
     if (!TEMPLATE_LITERAL.test(seg)) return `${q}: segment ${JSON.stringify(seg)} is not a literal of a path template (no *, and only RFC 3986 path characters)`;
   }
-  const tooBig = regexProblem(pathTemplatePattern(value));
+  const tooBig = regexProblem(pathTemplatePattern(value), budget);
   return tooBig ? `${q}: as a pattern it ${tooBig}` : undefined;
 }

@@ -216,6 +216,41 @@ test('a RequestAuthentication nested 6,000 levels deep, there at the start or wr
   }
 });
 
+// lib/regex.ts MAX_OBJECT_REGEX_COST: a consumer route (no grant needed from the Service's
+// namespace) of 128 matches, a path and 16 headers each, every one a pattern of 1,802 RE2
+// instructions, took 8.7 s of the controller's one thread to validate at each write (re2js), and
+// every tenant's pushes waited. Now it is refused at the first pattern past the object's budget.
+test('a consumer route whose regular expressions are past the object\'s budget is refused at that field and counted, and another tenant\'s policy written after it reaches its waypoint within 1.5 s', async () => {
+  const pattern = (i: number) => ({ type: 'RegularExpression', value: `x${i}[a-z]{1,900}` });
+  const matches = Array.from({ length: 128 }, (_, j) => ({ path: pattern(j), headers: Array.from({ length: 16 }, (_, h) => ({ name: `x-h${h}`, ...pattern(j * 16 + h) })) }));
+  const costly = {
+    apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'costly', namespace: 'evil' },
+    spec: { parentRefs: [{ group: '', kind: 'Service', name: 'reviews', namespace: 'shop' }], rules: [0, 1].map((r) => ({ matches: matches.slice(r * 64, r * 64 + 64), backendRefs: [{ name: 'reviews', namespace: 'shop', port: 80 }] })) },
+  };
+  const source = new MemorySource([ns('shop', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'wp' }), ns('evil'), waypoint('shop', 'wp'), pod('shop', 'reviews'), svc('shop', 'reviews')]);
+  const registry = new Registry();
+  const h = await startHarness(source, undefined, { registry });
+  try {
+    const wp = h.waypoint('shop');
+    await wp.ready();
+    const t0 = Date.now();
+    source.upsert(costly);
+    source.upsert(authz('shop', 'later-good', { action: 'DENY', targetRefs: [{ kind: 'Service', group: '', name: 'reviews' }], rules: [{ from: [{ source: { namespaces: ['evil'] } }] }] }));
+    await until('shop\'s policy reaches its waypoint', () => wp.snapshot!.policies.some((p) => p.name === 'later-good'), 5000);
+    assert.ok(Date.now() - t0 < 1500, `in ${Date.now() - t0} ms (after 8.7 s of validation before)`);
+    await until('the route refused in its status', () => source.statuses.get('HTTPRoute/evil/costly')?.reason === 'Invalid');
+    const st = source.statuses.get('HTTPRoute/evil/costly')!;
+    assert.match(st.path ?? '', /^spec\.rules\[0\]\.matches\[0\]\.headers\[\d+\]\.value$/);
+    assert.match(st.message, /past the budget of 16000 RE2 instructions/);
+    assert.ok(h.logs.some((l) => l.msg.startsWith('invalid object refused') && l.fields.object === 'HTTPRoute/evil/costly'), 'the refusal is logged with the object');
+    const rejected = await registry.getSingleMetric('weft_controller_rejected_objects_total')?.get();
+    assert.equal(rejected?.values.find((v) => v.labels.kind === 'HTTPRoute')?.value, 1);
+    assert.equal(wp.snapshot!.routes.some((r) => r.name === 'costly'), false, 'never sent to shop\'s waypoint');
+  } finally {
+    await h.close();
+  }
+});
+
 // A response a client cannot take (here past a small receive limit; in a cluster, any per-message
 // failure) ends its stream after the earlier responses of the same version arrived. The client
 // took that first response for a working stream and reset its backoff, so it reconnected at the

@@ -435,3 +435,44 @@ test('a route past the Gateway API CRDs\' maxItems is refused at the list, its e
   assert.deepEqual(refused.map((i) => i.path), ['spec.rules[0].retry.codes']);
   assert.match(refused[0]!.message, /has 100000 entries; at most 200 \(the codes 400 to 599, each once\)/);
 });
+
+// The attack: the controller compiles every regular expression of an object it validates, in its
+// one thread, with re2js (2 to 5 us an RE2 instruction: 6 ms for `x[a-z]{1,900}`). Within the
+// Gateway API CRDs' bounds a route holds 128 matches of a path and 16 headers, and a policy's
+// `namespaces` have no bound at all: one HTTPRoute of 100 KB (a consumer route, whose writer needs
+// no grant from the Service's namespace) took 12 s of the controller's thread at each write, an
+// AuthorizationPolicy of 20,000 namespace patterns 1.1 s, holding every tenant's pushes. Now one
+// object's patterns are compiled within a budget (MAX_OBJECT_REGEX_COST RE2 instructions, each
+// pattern at least MIN_REGEX_COST); past it each is refused at its field, not compiled.
+test('one object\'s regular expressions are compiled within a budget: past it each is refused at its field unread, so a route or policy of thousands costs tens of milliseconds, not seconds', async () => {
+  const { MAX_OBJECT_REGEX_COST, MAX_REGEX_PROGRAM_SIZE } = await import('../../lib/regex.ts');
+  const big = (i: number) => `x${i}[a-z]{1,900}`; // 1,802 RE2 instructions, within MAX_REGEX_PROGRAM_SIZE
+  assert.ok(1802 * 8 <= MAX_OBJECT_REGEX_COST && MAX_REGEX_PROGRAM_SIZE >= 1802);
+  const regex = (value: string) => ({ type: 'RegularExpression', value });
+  const route = (matches: unknown[]) => ({
+    apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'r', namespace: 'evil' },
+    spec: {
+      parentRefs: [{ group: '', kind: 'Service', name: 'payments', namespace: 'shop' }],
+      rules: [0, 1].map((r) => ({ matches: matches.slice(r * 64, r * 64 + 64), backendRefs: [{ name: 'payments', namespace: 'shop', port: 80 }] })),
+    },
+  });
+  assert.deepEqual(validateObject(route(Array.from({ length: 8 }, (_, j) => ({ path: regex(big(j)) })))), [], 'eight patterns at 1,802 instructions are within the budget');
+  const all = Array.from({ length: 128 }, (_, j) => ({
+    path: regex(j === 127 ? '(?=look-ahead)' : big(j)),
+    headers: Array.from({ length: 16 }, (_, h) => ({ type: 'RegularExpression', name: `x-h${h}`, value: big(j * 16 + h) })),
+  }));
+  const t0 = performance.now();
+  const issues = validateObject(route(all));
+  const ms = performance.now() - t0;
+  assert.ok(issues.length > 0, 'refused');
+  assert.match(issues[0]!.path, /^spec\.rules\[0\]\.matches\[0\]\.headers\[\d+\]\.value$/);
+  assert.match(issues[0]!.message, new RegExp(`past the budget of ${MAX_OBJECT_REGEX_COST} RE2 instructions`));
+  assert.equal(issues.some((i) => /not an RE2 regular expression/.test(i.message)), false, 'the patterns past the budget are not compiled (the last one, invalid, is never looked at)');
+  assert.ok(ms < 2000, `validated in ${ms.toFixed(0)} ms (about 12 s before)`);
+  // A policy's namespace patterns (no list bound in Istio's API) take from the same budget.
+  const namespaces = Array.from({ length: 20_000 }, (_, i) => `team-${i}-*-prod-*`);
+  const p = validateObject(policy({ action: 'DENY', rules: [{ from: [{ source: { namespaces } }] }] }));
+  assert.match(p[0]!.path, /^spec\.rules\[0\]\.from\[0\]\.source\.namespaces\[\d+\]$/);
+  assert.match(p[0]!.message, /past the budget/);
+  assert.ok(Number(/\[(\d+)\]$/.exec(p[0]!.path)![1]) <= MAX_OBJECT_REGEX_COST / 16, `the budget ends at ${p[0]!.path}`);
+});
