@@ -668,7 +668,11 @@ function policyTargetRefs(c: Checker, spec: Json): boolean {
   // A Service, or the whole waypoint: a weft.dev Waypoint, or a Gateway as Istio names its waypoint;
   // in the root namespace, every waypoint: GatewayClass weft-waypoint (istio-waypoint).
   const targetRef = (ro: Json, p: string) => {
-    c.only(ro, p, ['group', 'kind', 'name']);
+    c.only(ro, p, ['group', 'kind', 'name', 'namespace']);
+    // Istio (validatePolicyTargetReference; the CRD's CEL rule `self.size() == 0`): a policy attaches
+    // to targets of its own namespace only, so another namespace's owner need not consent to it.
+    const ns = c.str(ro.namespace, `${p}.namespace`);
+    if (ns !== undefined && ns !== '') c.fail(`${p}.namespace`, `must not be set ("${ns.slice(0, 63)}"): cross-namespace referencing is not supported (Istio); the target is the policy's own namespace's`);
     const kind = c.str(ro.kind, `${p}.kind`, { required: true, oneOf: Object.keys(POLICY_TARGET_GROUPS) });
     const group = POLICY_TARGET_GROUPS[kind ?? 'Service'] ?? '';
     // Istio (validatePolicyTargetReference) compares canonical groups, the core group's being

@@ -11,7 +11,7 @@ import { AgentMetrics } from '../../agent/src/metrics.ts';
 import { AgentState } from '../../agent/src/state.ts';
 import { compile, emptyInputs } from '../../controller/src/compile.ts';
 import type { Logger } from '../../lib/log.ts';
-import type { AgentConfig } from '../../lib/model/mesh.ts';
+import { policySelectsWorkload as policySelects, type AgentConfig } from '../../lib/model/mesh.ts';
 import type { AuthorizationPolicy } from '../../lib/model/objects.ts';
 import { validateObject } from '../../lib/model/validate.ts';
 import { PolicyTable } from '../../lib/policy/authz.ts';
@@ -203,4 +203,29 @@ test('a targetRefs policy on a Service without a waypoint is reported AncestorNo
   inputs.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: {} });
   inputs.authorizationPolicies.push(authz('shop', 'no-admin', { targetRefs: [{ group: '', kind: 'Service', name: 'db' }], action: 'DENY', rules: [{ to: [{ operation: { paths: ['/admin'] } }] }] }));
   assert.equal(compile(inputs).findings.filter((f) => f.reason === 'AncestorNotBound').length, 0);
+});
+
+// A tenant's policy reaching into another namespace: Istio refuses a targetRef naming any namespace
+// (validatePolicyTargetReference: "targetRef namespace must not be set; cross namespace referencing
+// is not supported"; the CRD's CEL rule `self.size() == 0` lets only "" through), so a targetRefs
+// policy attaches to targets of its own namespace only; without one it applies to its own
+// namespace's workloads, whatever labels another namespace's pods carry.
+test('a policy of namespace evil cannot attach to or select shop\'s workloads: a targetRef naming shop is refused at its namespace field (Istio), an empty one is the policy\'s own, and a selector matches only evil\'s pods', () => {
+  for (const kind of ['AuthorizationPolicy', 'RequestAuthentication'] as const) {
+    const spec = kind === 'AuthorizationPolicy' ? { action: 'ALLOW', rules: [{}] } : { jwtRules: [{ issuer: 'https://idp.example', jwksUri: 'https://idp.example/jwks' }] };
+    const obj = (namespace: string) => ({ apiVersion: 'weft.dev/v1alpha1', kind, metadata: { name: 'reach', namespace: 'evil' }, spec: { ...spec, targetRefs: [{ group: '', kind: 'Service', name: 'db', namespace }] } });
+    const issues = validateObject(obj('shop'));
+    assert.deepEqual(issues.map((i) => i.path), ['spec.targetRefs[0].namespace'], kind);
+    assert.match(issues[0]!.message, /cross-namespace referencing is not supported/);
+    assert.deepEqual(validateObject(obj('')), [], `${kind}: an empty namespace is the policy's own (Istio's CEL rule takes it)`);
+  }
+  // Selector and namespace policies of evil, matching shop/db's labels: shop's agent is not sent them and they do not select it.
+  const inputs = emptyInputs();
+  inputs.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }), ns('evil', { 'weft.dev/dataplane-mode': 'ambient' }));
+  inputs.pods.push(pod('shop', 'db', { labels: { app: 'db' }, ip: '10.1.8.8', node: 'node-b' }), pod('evil', 'lookalike', { labels: { app: 'db' }, ip: '10.1.8.9' }));
+  inputs.authorizationPolicies.push(authz('evil', 'sel', { selector: { matchLabels: { app: 'db' } }, action: 'DENY', rules: [{}] }), authz('evil', 'ns', { action: 'DENY', rules: [{}] }));
+  const { model } = compile(inputs);
+  const db = model.workloads.get('uid-shop-db')!;
+  assert.deepEqual([...model.policies.values()].filter((p) => policySelects(p, db)).map((p) => p.name), []);
+  assert.deepEqual([...model.policies.values()].filter((p) => policySelects(p, model.workloads.get('uid-evil-lookalike')!)).map((p) => p.name).sort(), ['ns', 'sel']);
 });

@@ -94,6 +94,14 @@ test('the CRD schemas refuse what the controller refuses where a schema can say 
   bad.spec.loadBalancer.policy = 'MAGLEV';
   assert.deepEqual(schemaErrors(bad).sort(), ['.spec.loadBalancer.policy', '.spec.timeouts.request']);
   assert.deepEqual(validateObject(bad).map((i) => i.path).sort(), ['spec.loadBalancer.policy', 'spec.timeouts.request']);
+  // A targetRef naming another namespace (Istio's CRD: `self.size() == 0`) is refused, not pruned into the policy's own namespace.
+  for (const kind of ['AuthorizationPolicy', 'RequestAuthentication']) {
+    const reach = { apiVersion: 'weft.dev/v1alpha1', kind, metadata: { name: 'reach', namespace: 'evil' }, spec: { targetRefs: [{ group: '', kind: 'Service', name: 'db', namespace: 'shop' }], targetRef: { kind: 'Service', name: 'db', namespace: 'shop' } } };
+    assert.deepEqual(schemaErrors(reach).sort(), ['.spec.targetRef.namespace', '.spec.targetRefs[0].namespace'], kind);
+    reach.spec.targetRefs[0]!.namespace = '';
+    reach.spec.targetRef.namespace = '';
+    assert.deepEqual(schemaErrors(reach), [], kind);
+  }
 });
 
 // The API server prunes a field its schema does not name before validating, silently: a source of
