@@ -100,3 +100,34 @@ test('waypointHolds answers exactly as waypointView, for every resource type and
   assert.ok(!waypointHolds(ix, 'shop', 'AuthorizationPolicy', 'weft-system/mesh-wide') && !waypointHolds(ix, 'web', 'AuthorizationPolicy', 'weft-system/mesh-wide'), 'a mesh-wide policy without targetRefs reaches no waypoint');
   assert.equal([...all.AddressOwner.keys()].filter((k) => waypointHolds(ix, 'web', 'AddressOwner', k)).length, 3, 'every workload address, enrolled or not');
 });
+
+// GEP-709 (ReferenceGrant): a reference into another namespace holds only with the consent of that
+// namespace. A route's backend the controller refused for want of a grant gets 500 at the waypoint,
+// which never looks its Service up (waypoint/src/config.ts backendService); sent anyway, that
+// Service (its addresses, ports, endpoints and their identities) reached a waypoint of the route's
+// parent's namespace, whose config a tenant of that namespace can read (its waypoint runs there):
+// any tenant named another namespace's Service in a route to read it.
+test('a waypoint is not sent a Service its routes name only as a backend refused for want of a ReferenceGrant; a granted one it is', () => {
+  const store = new ObjectStore();
+  const route = (backendNs: string, name: string) => ({
+    apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name, namespace: 'evil' },
+    spec: { parentRefs: [{ group: '', kind: 'Service', name: 'front' }], rules: [{ backendRefs: [{ name: 'ledger', namespace: backendNs, port: 80 }], filters: [{ type: 'RequestMirror', requestMirror: { backendRef: { name: 'vault', namespace: backendNs, port: 80 } } }] }] },
+  });
+  const objects: object[] = [
+    ns('evil', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'wp' }), ns('bank', { 'weft.dev/dataplane-mode': 'ambient' }), ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }),
+    waypoint('evil', 'wp'), pod('evil', 'front'), svc('evil', 'front', { app: 'front' }, '10.96.0.30'),
+    pod('bank', 'ledger'), svc('bank', 'ledger', { app: 'ledger' }, '10.96.0.31'), pod('bank', 'vault'), svc('bank', 'vault', { app: 'vault' }, '10.96.0.32'),
+    pod('shop', 'ledger'), svc('shop', 'ledger', { app: 'ledger' }, '10.96.0.33'), pod('shop', 'vault'), svc('shop', 'vault', { app: 'vault' }, '10.96.0.34'),
+    route('bank', 'peek'), route('shop', 'granted'),
+    { apiVersion: 'gateway.networking.k8s.io/v1beta1', kind: 'ReferenceGrant', metadata: { name: 'evil-routes', namespace: 'shop' }, spec: { from: [{ group: 'gateway.networking.k8s.io', kind: 'HTTPRoute', namespace: 'evil' }], to: [{ group: '', kind: 'Service' }] } },
+  ];
+  const r = store.apply(objects.map((o, i) => ({ type: 'upsert' as const, object: o as never, resourceVersion: String(i + 1) })));
+  assert.deepEqual(r.rejections, []);
+  const model = compile(store.inputs()).model;
+  assert.match(model.routes.get('evil/peek/HTTPRoute/evil/front')!.rules[0]!.backends[0]!.refused ?? '', /no ReferenceGrant in namespace bank/);
+  const { ix } = published(model);
+  const view = [...waypointView(ix, 'evil', 'Service')!].sort();
+  assert.deepEqual(view, ['evil/front', 'shop/ledger', 'shop/vault'], 'bank\'s Services are not sent (before: bank/ledger and bank/vault were)');
+  for (const name of ['bank/ledger', 'bank/vault']) assert.equal(waypointHolds(ix, 'evil', 'Service', name), false, name);
+  for (const name of ['shop/ledger', 'shop/vault']) assert.equal(waypointHolds(ix, 'evil', 'Service', name), true, name);
+});

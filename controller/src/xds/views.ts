@@ -6,9 +6,9 @@
 // workload, and every waypoint. A waypoint gets the
 // services it serves (its namespace's, and those of other namespaces bound to a waypoint of its
 // namespace: use-waypoint-namespace, allowed by the Waypoint), their routes, traffic policies and
-// targetRefs policies (plus the services its routes send to), its namespace's waypoints, and the address-owner table (who holds each client address: any
+// targetRefs policies (plus the services its routes send to, but those refused for want of a ReferenceGrant), its namespace's waypoints, and the address-owner table (who holds each client address: any
 // workload may call it, so every address), not the workloads themselves.
-import { foreignWaypointNamespace, policySelectsWorkload, waypointTargets, type AuthorizationPolicy, type MeshModel, type RequestAuthentication, type Service, type Workload } from '../../../lib/model/mesh.ts';
+import { foreignWaypointNamespace, policySelectsWorkload, waypointTargets, type AuthorizationPolicy, type MeshModel, type RequestAuthentication, type RouteBackend, type Service, type Workload } from '../../../lib/model/mesh.ts';
 import type { ResourceType } from '../../../lib/xds/protocol.ts';
 import type { AddressOwner } from '../../../lib/model/mesh.ts';
 import { routeKey } from '../compile.ts';
@@ -330,20 +330,28 @@ function foreignServedOf(ix: ViewIndex, namespace: string): ReadonlySet<string> 
   return ix.foreignServed.get(namespace) ?? NONE;
 }
 
-/** The Services the routes a waypoint of `namespace` applies send to (backends and mirrors), cached on the index. */
+/**
+ * The Services the routes a waypoint of `namespace` applies send to (backends and mirrors), cached
+ * on the index. Not a backend the controller refused (no ReferenceGrant, GEP-709): the waypoint
+ * answers its requests 500 without looking it up, and its namespace did not consent to be named
+ * there, so its Service (addresses, endpoints, identities) is no business of this waypoint's.
+ */
 function routeBackendsOf(ix: ViewIndex, namespace: string): ReadonlySet<string> {
   ix.routeBackends ??= new Map();
   let names = ix.routeBackends.get(namespace);
   if (names) return names;
   names = new Set();
+  const add = (b: RouteBackend): void => {
+    if (b.refused === undefined) names!.add(b.service);
+  };
   for (const r of ix.model.routes.values()) {
     if (!serves(ix, namespace, r.service)) continue;
     for (const rule of r.rules) {
       for (const b of rule.backends) {
-        names.add(b.service);
-        for (const f of b.filters) if (f.type === 'RequestMirror') names.add(f.backend.service);
+        add(b);
+        for (const f of b.filters) if (f.type === 'RequestMirror') add(f.backend);
       }
-      for (const f of rule.filters) if (f.type === 'RequestMirror') names.add(f.backend.service);
+      for (const f of rule.filters) if (f.type === 'RequestMirror') add(f.backend);
     }
   }
   ix.routeBackends.set(namespace, names);
