@@ -65,6 +65,48 @@ function compileProgram(pattern: string): { re: RE2JS; size: number } {
 }
 
 /**
+ * Compiled route patterns kept from one build of a configuration to the next (the waypoint's
+ * snapshots): a rebuild for a change elsewhere (a Service's endpoints) compiles only the patterns it
+ * has not seen, where it compiled every route's again, another namespace's consumer routes
+ * included (about 6 ms each near MAX_REGEX_PROGRAM_SIZE in re2js). Holds the patterns of the last
+ * build only: `sweep()` at the end of each forgets the others.
+ */
+export class RegexCache {
+  #kept = new Map<string, FullMatch>();
+  #used = new Map<string, FullMatch>();
+  #compiled = 0;
+
+  /** `pattern` as compileFullMatch compiles it (throws its RegexError), from this build or the last when seen there. */
+  compile(pattern: string): FullMatch {
+    let m = this.#used.get(pattern);
+    if (m) return m;
+    m = this.#kept.get(pattern);
+    if (!m) {
+      m = compileFullMatch(pattern);
+      this.#compiled++;
+    }
+    this.#used.set(pattern, m);
+    return m;
+  }
+
+  /** Ends a build: what it did not use is forgotten. */
+  sweep(): void {
+    this.#kept = this.#used;
+    this.#used = new Map();
+  }
+
+  /** Patterns compiled so far (not taken from a build before). */
+  get compiled(): number {
+    return this.#compiled;
+  }
+
+  /** Patterns held (those of the last build, after its sweep). */
+  get size(): number {
+    return this.#kept.size + this.#used.size;
+  }
+}
+
+/**
  * What checking one object's patterns may still compile (MAX_OBJECT_REGEX_COST): each pattern
  * checked is charged its size, at least MIN_REGEX_COST; once spent, the object's later patterns are
  * refused without being compiled.

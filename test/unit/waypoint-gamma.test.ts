@@ -242,3 +242,39 @@ describe('consumer route timeouts and the shared outlier state', () => {
     }
   });
 });
+
+// The attack: a tenant's consumer routes (GEP-1294: no consent of the Service's namespace needed)
+// land in that Service's waypoint, which rebuilt every route table, compiling every pattern again
+// (re2js, about 6 ms for `x[a-z]{1,900}`), at each change of its Services: evil's 40 routes of 8
+// such patterns (each route within the controller's MAX_OBJECT_REGEX_COST) held shop's waypoint
+// 4 s at every endpoint change of shop's Services. Now a pattern compiled for the configuration in
+// force is reused by the next one (lib/regex.ts RegexCache): a rebuild compiles only new patterns.
+describe('another namespace\'s consumer routes at a waypoint', () => {
+  it('cost a rebuild for an endpoint change no pattern compile: compiled patterns carry over to the next snapshot, and the routes still match', async () => {
+    const { buildSnapshot, routesFor } = await import('../../waypoint/src/config.ts');
+    const pattern = (r: number, j: number) => `/x${r}-${j}[a-z]{1,900}`;
+    const routes: Route[] = Array.from({ length: 40 }, (_, r) => ({
+      ...route(`r${r}`, 'reviews', [{ matches: Array.from({ length: 8 }, (_, j) => match({ path: { type: 'RegularExpression', value: pattern(r, j) } })), backends: [backend('reviews')] }]),
+      namespace: 'evil',
+    }));
+    const producer = route('main', 'reviews', [{ matches: [match({ path: { type: 'RegularExpression', value: '/v[0-9]+/.*' } })], backends: [backend('reviews')] }]);
+    const first = config({ services: [service('reviews', '10.96.0.10', [endpoint(9001)])], routes: [...routes, producer] });
+    const one = buildSnapshot(first, 1);
+    assert.deepEqual(one.issues, []);
+    const compiledBefore = one.regexes.compiled;
+    assert.equal(compiledBefore, 40 * 8 + 1, 'each pattern compiled once (validation and the table share it; the producer route once for every consumer table)');
+    // shop's endpoints churn: the controller sends the Services anew, the routes as they were.
+    const t0 = performance.now();
+    const two = buildSnapshot({ ...first, services: [service('reviews', '10.96.0.10', [endpoint(9001), endpoint(9002)])] }, 2, one);
+    const ms = performance.now() - t0;
+    assert.equal(two.regexes.compiled - compiledBefore, 0, 'no pattern compiled again (before: 321, about 4 s)');
+    assert.ok(ms < 1000, `rebuilt in ${ms.toFixed(0)} ms`);
+    const req = (path: string) => ({ method: 'GET', path, query: '', headers: {} });
+    assert.equal(routesFor(two, 'spiffe://cluster.local/ns/evil/sa/x').match('shop/reviews', 80, req('/x7-3abc'))?.route.name, 'r7');
+    assert.equal(routesFor(two, 'spiffe://cluster.local/ns/shop/sa/web').match('shop/reviews', 80, req('/x7-3abc')), undefined, 'shop\'s clients see only the producer route');
+    assert.equal(routesFor(two, 'spiffe://cluster.local/ns/shop/sa/web').match('shop/reviews', 80, req('/v2/items'))?.route.name, 'main');
+    // A pattern no longer in the configuration is forgotten (the cache holds the configuration's own).
+    const three = buildSnapshot({ ...first, routes: [producer] }, 3, two);
+    assert.equal(three.regexes.size, 1);
+  });
+});

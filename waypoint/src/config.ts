@@ -14,6 +14,7 @@ import { PolicyTable } from '../../lib/policy/authz.ts';
 import { jwksProblem } from '../../lib/policy/jwt.ts';
 import { clusterSettings, validateTrafficPolicy, type ClusterSettings } from './resilience.ts';
 import { RouteTable } from './router.ts';
+import { RegexCache } from '../../lib/regex.ts';
 
 /** One immutable, validated configuration. */
 export interface Snapshot {
@@ -33,6 +34,8 @@ export interface Snapshot {
    * producer routes of the Services it has none for.
    */
   consumerRoutes: ReadonlyMap<string, RouteTable>;
+  /** The route patterns compiled for this snapshot, reused by the next (RegexCache). */
+  regexes: RegexCache;
   policies: PolicyTable;
   /**
    * `namespace/name` of a service → the JWT rules of every RequestAuthentication attached to it
@@ -273,21 +276,25 @@ export function buildSnapshot(cfg: WaypointConfig, version: number, prev?: Snaps
 
   const known = new Set(services.keys());
   const producer = cfg.routes.filter((r) => !isConsumerRoute(r));
-  const routes = new RouteTable(producer, known, issues);
+  // Patterns the snapshot before compiled are reused: a rebuild for a Service's endpoints
+  // compiles none again, however many routes (other namespaces' consumer routes too) there are.
+  const regexes = prev?.regexes ?? new RegexCache();
+  const routes = new RouteTable(producer, known, issues, regexes);
   const consumerRoutes = new Map<string, RouteTable>();
   const byConsumer = new Map<string, Route[]>();
   for (const r of cfg.routes) if (isConsumerRoute(r)) byConsumer.set(r.namespace, [...(byConsumer.get(r.namespace) ?? []), r]);
   for (const [ns, own] of byConsumer) {
     const scratch: ConfigIssue[] = [];
-    consumerRoutes.set(ns, new RouteTable([...own, ...producerRoutesBeside(own, producer, services)], known, scratch));
+    consumerRoutes.set(ns, new RouteTable([...own, ...producerRoutesBeside(own, producer, services)], known, scratch, regexes));
     issues.push(...scratch.filter((i) => i.object.startsWith(`${ns}/`)));
   }
+  regexes.sweep();
   const policies = new PolicyTable(cfg.policies);
   for (const { policy, error } of policies.errors) {
     issues.push({ kind: 'AuthorizationPolicy', object: policy, path: error.path, message: `${error.message.slice(error.path.length + 2)} (the policy fails closed)` });
   }
   const jwtRules = jwtRulesByService(cfg, issues);
-  return { version, namespace: cfg.namespace, config: cfg, services, byAddress, byHost, routes, consumerRoutes, policies, jwtRules, settings, issues, addressOwners };
+  return { version, namespace: cfg.namespace, config: cfg, services, byAddress, byHost, routes, consumerRoutes, regexes, policies, jwtRules, settings, issues, addressOwners };
 }
 
 /**

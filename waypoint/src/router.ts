@@ -15,7 +15,7 @@
 // order, then match order within the rule.
 // Regular expressions are RE2 (lib/regex.ts): linear-time matching, full-string anchoring, as Envoy.
 import type { GrpcMatchRank, Route, RouteBackend, RouteMatch, RouteRule, StringMatch } from '../../lib/model/mesh.ts';
-import { compileFullMatch } from '../../lib/regex.ts';
+import { RegexCache } from '../../lib/regex.ts';
 import { fieldBytes, fieldText } from '../../lib/field-bytes.ts';
 import { MAX_TIMER_MS } from '../../lib/model/validate.ts';
 import type { ConfigIssue } from './errors.ts';
@@ -107,29 +107,29 @@ export function pathPrefixMatches(prefix: string, path: string): boolean {
   return path.length === p.length || path[p.length] === '/';
 }
 
-function compileString(m: StringMatch, lowerName: boolean): CompiledStringMatch {
+function compileString(m: StringMatch, lowerName: boolean, regexes: RegexCache): CompiledStringMatch {
   const name = lowerName ? m.name.toLowerCase() : m.name;
   // A header's bytes against the value's UTF-8 bytes, as Envoy's header matcher (lib/field-bytes.ts);
   // a query parameter's value is decoded text already.
   if (m.type === 'RegularExpression') {
-    const re = compileFullMatch(m.value);
+    const re = regexes.compile(m.value);
     return { name, test: lowerName ? (v) => v !== undefined && re(fieldText(v)) : (v) => v !== undefined && re(v) };
   }
   const value = lowerName ? fieldBytes(m.value) : m.value;
   return { name, test: (v) => v === value };
 }
 
-function compileMatch(route: Route, rule: RouteRule, ruleIndex: number, match: RouteMatch, matchIndex: number): CompiledEntry {
+function compileMatch(route: Route, rule: RouteRule, ruleIndex: number, match: RouteMatch, matchIndex: number, regexes: RegexCache): CompiledEntry {
   const path = match.path ?? { type: 'PathPrefix' as const, value: '/' };
   let pathTest: (p: string) => boolean;
   if (path.type === 'Exact') pathTest = (p) => p === path.value;
-  else if (path.type === 'RegularExpression') pathTest = compileFullMatch(path.value);
+  else if (path.type === 'RegularExpression') pathTest = regexes.compile(path.value);
   else pathTest = (p) => pathPrefixMatches(path.value, p);
   const entry: CompiledEntry = {
     route, rule, ruleIndex, matchIndex,
     pathType: path.type, pathValue: path.value, pathTest,
-    headers: match.headers.map((h) => compileString(h, true)),
-    query: match.queryParams.map((q) => compileString(q, false)),
+    headers: match.headers.map((h) => compileString(h, true, regexes)),
+    query: match.queryParams.map((q) => compileString(q, false, regexes)),
   };
   // Methods are case-sensitive (RFC 9110 section 9.1); requests with lower-case methods are refused
   // before routing (normalize.ts), so `GET` never meets `get` here.
@@ -138,11 +138,11 @@ function compileMatch(route: Route, rule: RouteRule, ruleIndex: number, match: R
   return entry;
 }
 
-function validateRoute(route: Route, knownServices: ReadonlySet<string>, issues: ConfigIssue[]): void {
+function validateRoute(route: Route, knownServices: ReadonlySet<string>, issues: ConfigIssue[], regexes: RegexCache): void {
   const object = `${route.namespace}/${route.name}`;
   const issue = (path: string, message: string): void => { issues.push({ kind: route.kind, object, path, message }); };
   const checkRe = (path: string, re: string): void => {
-    try { compileFullMatch(re); } catch (e) { issue(path, `invalid regular expression ${JSON.stringify(re.slice(0, 80))}: it ${(e as Error).message}`); }
+    try { regexes.compile(re); } catch (e) { issue(path, `invalid regular expression ${JSON.stringify(re.slice(0, 80))}: it ${(e as Error).message}`); }
   };
   const checkBackend = (path: string, b: RouteBackend): void => {
     // A backend the configuration lacks costs only its own requests (500 when picked), as the
@@ -196,16 +196,19 @@ function validateRoute(route: Route, knownServices: ReadonlySet<string>, issues:
 export class RouteTable {
   private readonly byService = new Map<string, CompiledEntry[]>();
 
-  /** Validates and compiles; problems are appended to `issues` (the caller rejects the config). */
-  constructor(routes: readonly Route[], knownServices: ReadonlySet<string>, issues: ConfigIssue[]) {
+  /**
+   * Validates and compiles; problems are appended to `issues` (the caller rejects the config).
+   * `regexes`: where patterns are compiled (a snapshot's, kept for the next: RegexCache).
+   */
+  constructor(routes: readonly Route[], knownServices: ReadonlySet<string>, issues: ConfigIssue[], regexes = new RegexCache()) {
     for (const route of routes) {
       const before = issues.length;
-      validateRoute(route, knownServices, issues);
+      validateRoute(route, knownServices, issues, regexes);
       if (issues.length !== before) continue;
       const list = this.byService.get(route.service) ?? [];
       route.rules.forEach((rule, ri) => {
         const matches = rule.matches.length > 0 ? rule.matches : [{ headers: [], queryParams: [] }];
-        matches.forEach((m, mi) => list.push(compileMatch(route, rule, ri, m, mi)));
+        matches.forEach((m, mi) => list.push(compileMatch(route, rule, ri, m, mi, regexes)));
       });
       this.byService.set(route.service, list);
     }
