@@ -468,6 +468,9 @@ test('consumer and producer routes, and ReferenceGrant for cross-namespace backe
   });
   i.referenceGrants = [grant({ group: '', kind: 'Service', name: 'other' })];
   assert.ok(compile(i).model.routes.get('shop/canary/HTTPRoute/shop/payments')!.rules[0]!.backends[0]!.refused);
+  // GEP-709: a grant lives in the namespace it opens; the route's own namespace writing one opens nothing elsewhere.
+  i.referenceGrants = [{ ...grant({ group: '', kind: 'Service', name: 'cache' }), metadata: { name: 'g', namespace: 'shop' } }];
+  assert.match(compile(i).model.routes.get('shop/canary/HTTPRoute/shop/payments')!.rules[0]!.backends[0]!.refused ?? '', /no ReferenceGrant in namespace web/);
   i.referenceGrants = [grant({ group: '', kind: 'Service', name: 'cache' })];
   r = compile(i);
   assert.equal(r.model.routes.get('shop/canary/HTTPRoute/shop/payments')!.rules[0]!.backends[0]!.refused, undefined);
