@@ -141,6 +141,14 @@ export class CompileCache {
    * trust domains.
    */
   policies = new WeakMap<AuthorizationPolicyObject, AuthorizationPolicy>();
+  /**
+   * Each HTTPRoute's and GRPCRoute's matches, by the input object, and the Route compiled for each
+   * parent Service with what it was compiled from: an unchanged route whose backends' grants and
+   * parent did not change keeps its object, so the config server does not serialize it again.
+   * Without it every full compile built and serialized every route again: a tenant's 200 routes of
+   * 270 KB cost everyone's changes 1 s more.
+   */
+  routes = new WeakMap<HTTPRoute | GRPCRoute, { matches: RouteMatch[][]; byParent: Map<string, { key: string; route: Route }> }>();
   /** What the last full or incremental compilation knew (controller/src/compile-incremental.ts). */
   last: CompileState | undefined;
 }
@@ -722,7 +730,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
   const routeParents = new Map<string, RouteParentResult[]>();
   const grpcParents = grpcParentsOf(inputs.grpcRoutes, model);
   for (const r of [...inputs.httpRoutes, ...inputs.grpcRoutes]) {
-    routeParents.set(`${r.kind}/${r.metadata.namespace}/${r.metadata.name}`, compileRoute(r, model, clusterDomain, grants, options.importedServices, findings, grpcParents));
+    routeParents.set(`${r.kind}/${r.metadata.namespace}/${r.metadata.name}`, compileRoute(r, model, clusterDomain, grants, options.importedServices, findings, grpcParents, options.cache));
   }
 
   const result = { model, findings, routeParents };
@@ -1563,7 +1571,7 @@ function grpcParentsOf(routes: GRPCRoute[], model: MeshModel): GrpcParents {
   return out;
 }
 
-function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain: string, grants: ReferenceGrants, imported: ReadonlySet<string> | undefined, findings: CompileFinding[], grpcParents: GrpcParents): RouteParentResult[] {
+function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain: string, grants: ReferenceGrants, imported: ReadonlySet<string> | undefined, findings: CompileFinding[], grpcParents: GrpcParents, cache: CompileCache | undefined): RouteParentResult[] {
   const ns = r.metadata.namespace!;
   const finding = (path: string, reason: string, message: string) => findings.push({ kind: r.kind, namespace: ns, name: r.metadata.name, path, reason, message });
   // ResolvedRefs is one verdict for the whole route: the first reference that did not resolve.
@@ -1630,41 +1638,27 @@ function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain:
         };
     }
   };
+  // A route's matches depend on its spec alone (they are most of a large route): built once per
+  // object with a cache. The rest (backends, which grants decide; filters) is built every compile,
+  // and the compiled Route kept when all of it came out the same (below).
+  const cached = cache?.routes.get(r);
+  const matchesOf = cached?.matches ?? (r.spec.rules ?? []).map((rule) => routeMatches(r.kind, rule));
+  const entry = cached ?? { matches: matchesOf, byParent: new Map<string, { key: string; route: Route }>() };
+  if (!cached) cache?.routes.set(r, entry);
   const rules = (r.spec.rules ?? []).map((rule, i) => {
     const p = `spec.rules[${i}]`;
-    let matches: RouteMatch[];
-    if (r.kind === 'HTTPRoute') {
-      const hr = rule as NonNullable<HTTPRoute['spec']['rules']>[number];
-      matches = (hr.matches ?? []).map((m) => clean({
-        path: { type: m.path?.type ?? 'PathPrefix', value: m.path?.value ?? '/' },
-        headers: headerMatches(m.headers),
-        queryParams: firstPerName((m.queryParams ?? []).map((h) => ({ type: h.type ?? 'Exact', name: h.name, value: h.value }))),
-        method: m.method,
-      }));
-    } else {
-      const gr = rule as NonNullable<GRPCRoute['spec']['rules']>[number];
-      matches = (gr.matches ?? []).map((m) => ({
-        ...(m.method ? { path: grpcPath(m.method) } : { path: { type: 'PathPrefix' as const, value: '/' } }),
-        headers: headerMatches(m.headers),
-        queryParams: [],
-        method: 'POST',
-        grpc: { serviceChars: m.method?.service?.length ?? 0, methodChars: m.method?.method?.length ?? 0 },
-      }));
-    }
-    if (matches.length === 0) {
-      matches = [{ path: { type: 'PathPrefix', value: '/' }, headers: [], queryParams: [], ...(r.kind === 'GRPCRoute' ? { grpc: { serviceChars: 0, methodChars: 0 } } : {}) }];
-    }
     const timeouts = r.kind === 'HTTPRoute' ? (rule as NonNullable<HTTPRoute['spec']['rules']>[number]).timeouts : undefined;
     const retry = r.kind === 'HTTPRoute' ? (rule as NonNullable<HTTPRoute['spec']['rules']>[number]).retry : undefined;
     return clean({
       name: rule.name,
-      matches,
+      matches: matchesOf[i]!,
       filters: (rule.filters ?? []).map((f, j) => filter(f as HTTPRouteFilter, `${p}.filters[${j}]`)),
       backends: (rule.backendRefs ?? []).map((b, j) => backend(b, `${p}.backendRefs[${j}]`, b.filters as HTTPRouteFilter[] | undefined)),
       timeouts: clean({ requestMs: ms(timeouts?.request), backendRequestMs: ms(timeouts?.backendRequest) }),
       retry: retry ? clean({ codes: retry.codes ?? [], attempts: retry.attempts, backoffMs: ms(retry.backoff) }) : undefined,
     });
   });
+  const rulesKey = JSON.stringify(rules.map(({ matches: _matches, ...rest }) => rest));
   const resolved: RouteCondition = unresolved
     ? { type: 'ResolvedRefs', status: false, ...unresolved }
     : { type: 'ResolvedRefs', status: true, reason: 'ResolvedRefs', message: 'every backendRef resolved' };
@@ -1702,7 +1696,13 @@ function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain:
       rules,
       order,
     };
-    model.routes.set(routeKey(r.kind, ns, r.metadata.name, svcKey), route);
+    // The same as the last compile made for this parent: that object, which the config server
+    // then neither compares nor serializes again.
+    const key = JSON.stringify([port, route.hostnames, order]) + rulesKey;
+    const prior = entry.byParent.get(svcKey);
+    const kept = prior !== undefined && prior.key === key ? prior.route : route;
+    entry.byParent.set(svcKey, { key, route: kept });
+    model.routes.set(routeKey(r.kind, ns, r.metadata.name, svcKey), kept);
     const scope = isConsumerRoute(route) ? `a consumer route: it applies to clients in namespace ${ns} only` : 'a producer route: it applies to every client';
     if (svc.waypoint?.refused !== undefined) {
       accepted(false, 'NoWaypoint', `Service ${svcKey} is not bound to a waypoint: ${waypointRefusalText(svc.waypoint, svc.namespace)}; nothing applies this route (the Service's traffic fails closed)`);
@@ -1716,6 +1716,33 @@ function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain:
     }
   });
   return parents;
+}
+
+/** A route rule's matches as the waypoint reads them (none written: every request). */
+function routeMatches(kind: 'HTTPRoute' | 'GRPCRoute', rule: NonNullable<(HTTPRoute | GRPCRoute)['spec']['rules']>[number]): RouteMatch[] {
+  let matches: RouteMatch[];
+  if (kind === 'HTTPRoute') {
+    const hr = rule as NonNullable<HTTPRoute['spec']['rules']>[number];
+    matches = (hr.matches ?? []).map((m) => clean({
+      path: { type: m.path?.type ?? 'PathPrefix', value: m.path?.value ?? '/' },
+      headers: headerMatches(m.headers),
+      queryParams: firstPerName((m.queryParams ?? []).map((h) => ({ type: h.type ?? 'Exact', name: h.name, value: h.value }))),
+      method: m.method,
+    }));
+  } else {
+    const gr = rule as NonNullable<GRPCRoute['spec']['rules']>[number];
+    matches = (gr.matches ?? []).map((m) => ({
+      ...(m.method ? { path: grpcPath(m.method) } : { path: { type: 'PathPrefix' as const, value: '/' } }),
+      headers: headerMatches(m.headers),
+      queryParams: [],
+      method: 'POST',
+      grpc: { serviceChars: m.method?.service?.length ?? 0, methodChars: m.method?.method?.length ?? 0 },
+    }));
+  }
+  if (matches.length === 0) {
+    matches = [{ path: { type: 'PathPrefix', value: '/' }, headers: [], queryParams: [], ...(kind === 'GRPCRoute' ? { grpc: { serviceChars: 0, methodChars: 0 } } : {}) }];
+  }
+  return matches;
 }
 
 /**

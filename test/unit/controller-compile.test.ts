@@ -308,6 +308,45 @@ test('with a compile cache, an unchanged AuthorizationPolicy keeps its compiled 
   assert.deepEqual(fourth.policies.get('big/hog')!.rules.map((r) => r.from), [[{ namespaces: ['shop'] }]]);
 });
 
+// The attack: a tenant's large routes (200 consumer routes of 270 KB, 54 MB in etcd) were compiled
+// anew at every full compile, whoever's change caused it, and the config server serialized every
+// new route object again: 1 s more for every other tenant's change. As for policies above.
+test('with a compile cache, an unchanged HTTPRoute keeps its compiled object across compiles (another tenant\'s change does not compile or serialize it again); a change of it, of a grant it needs or of its parent makes a new one', () => {
+  const cache = new CompileCache();
+  const i = emptyInputs();
+  i.namespaces.push(ns('evil'), ns('web'), ns('shop', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'wp' }));
+  i.pods.push(pod('shop', 'reviews'));
+  i.services.push(svc('shop', 'reviews'), svc('web', 'cache', { app: 'cache' }, '10.96.0.30'));
+  i.waypoints.push(waypoint('shop', 'wp'));
+  const matches = Array.from({ length: 64 }, (_, j) => ({ path: { type: 'PathPrefix' as const, value: `/p${j}` }, headers: [{ name: 'X-Team', value: 'a' }] }));
+  const big = {
+    apiVersion: 'gateway.networking.k8s.io/v1' as const, kind: 'HTTPRoute' as const, metadata: { name: 'big', namespace: 'evil' },
+    spec: { parentRefs: [{ group: '', kind: 'Service', name: 'reviews', namespace: 'shop' }], rules: [{ matches, backendRefs: [{ name: 'cache', namespace: 'web', port: 80 }, { name: 'reviews', namespace: 'shop', port: 80 }] }] },
+  };
+  i.httpRoutes.push(big);
+  const key = 'evil/big/HTTPRoute/shop/reviews';
+  const first = compile(i, { cache });
+  assert.match(first.model.routes.get(key)!.rules[0]!.backends[0]!.refused ?? '', /no ReferenceGrant in namespace web/);
+  // Another tenant's change: a full compile; the route is the same object, its findings still said.
+  i.authorizationPolicies.push(authz('shop', 'other', { action: 'ALLOW', rules: [{}] }));
+  const second = compile(i, { cache });
+  assert.equal(second.model.routes.get(key), first.model.routes.get(key), 'the unchanged route is the same object');
+  assert.deepEqual(second.findings.filter((f) => f.name === 'big').map((f) => `${f.path} ${f.reason}`), ['spec.rules[0].backendRefs[0] RefNotPermitted']);
+  assert.deepEqual(second.routeParents.get('HTTPRoute/evil/big'), first.routeParents.get('HTTPRoute/evil/big'));
+  // web grants it: a new object, the backend no longer refused.
+  i.referenceGrants.push({ apiVersion: 'gateway.networking.k8s.io/v1beta1', kind: 'ReferenceGrant', metadata: { name: 'g', namespace: 'web' }, spec: { from: [{ group: 'gateway.networking.k8s.io', kind: 'HTTPRoute', namespace: 'evil' }], to: [{ group: '', kind: 'Service' }] } });
+  const third = compile(i, { cache });
+  assert.notEqual(third.model.routes.get(key), second.model.routes.get(key));
+  assert.equal(third.model.routes.get(key)!.rules[0]!.backends[0]!.refused, undefined);
+  assert.equal(third.model.routes.get(key)!.rules[0]!.matches, second.model.routes.get(key)!.rules[0]!.matches, 'its matches, which only its spec decides, are not built again');
+  // The route itself changes: compiled anew.
+  i.httpRoutes[0] = { ...big, spec: { ...big.spec, rules: [{ matches: matches.slice(0, 1), backendRefs: [{ name: 'reviews', namespace: 'shop', port: 80 }] }] } };
+  const fourth = compile(i, { cache });
+  assert.equal(fourth.model.routes.get(key)!.rules[0]!.matches.length, 1);
+  // Same results as a compile without a cache, throughout.
+  assert.deepEqual(JSON.parse(JSON.stringify([...fourth.model.routes])), JSON.parse(JSON.stringify([...compile(i).model.routes])));
+});
+
 test('with a compile cache, unchanged workloads keep their object identity and changed ones do not', async () => {
   const { CompileCache } = await import('../../controller/src/compile.ts');
   const cache = new CompileCache();
