@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
-import type { Route, Service } from '../../lib/model/mesh.ts';
+import type { AuthorizationPolicy, Route, Service } from '../../lib/model/mesh.ts';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import {
@@ -276,5 +276,65 @@ describe('another namespace\'s consumer routes at a waypoint', () => {
     // A pattern no longer in the configuration is forgotten (the cache holds the configuration's own).
     const three = buildSnapshot({ ...first, routes: [producer] }, 3, two);
     assert.equal(three.regexes.size, 1);
+  });
+});
+
+// The attack: a consumer route (GEP-1294; evil's, on shop's Service, sending to that Service needs
+// no grant) runs at shop's waypoint, after shop's AuthorizationPolicies judged the request as evil's
+// client addressed it; its filters and backend then changed it (another port of the Service, a
+// rewritten path), so shop's DENY on port 9090 or on /admin was judged on port 80 and /public and
+// the request reached them. Under the Gateway API's model a consumer route acts on the consumer's
+// side (a sidecar's outbound), so the producer's policy judges the request as the route sends it:
+// a consumer-routed request is judged again as sent, and refused 403 RBAC when that is denied.
+describe('a consumer route cannot step around the producer\'s waypoint policy', () => {
+  let b: Backend;
+  let engine: WaypointEngine;
+  let fromEvil: Listener;
+  let fromShop: Listener;
+  before(async () => {
+    b = await startHttpBackend(echo('reviews'));
+    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
+    const reviews: Service = {
+      ...service('reviews', '10.96.0.10', []),
+      ports: [{ name: 'http', port: 80, targetPort: 80, protocol: 'TCP', appProtocol: 'http' }, { name: 'admin', port: 9090, targetPort: 9090, protocol: 'TCP', appProtocol: 'http' }],
+      endpoints: [{ ...endpoint(b.port), ports: { '80': b.port, '9090': b.port } }],
+    };
+    const toReviews = (port: number) => ({ ...backend('reviews', 1, [], 'shop'), port });
+    const consumer: Route = {
+      ...route('detour', 'reviews', [
+        { matches: [match({ path: { type: 'PathPrefix', value: '/port' } })], backends: [toReviews(9090)] },
+        { matches: [match({ path: { type: 'Exact', value: '/public' } })], filters: [{ type: 'URLRewrite', path: { type: 'ReplaceFullPath', value: '/admin' } }], backends: [toReviews(80)] },
+        { matches: [match({ path: { type: 'Exact', value: '/copy' } })], filters: [{ type: 'RequestMirror', backend: toReviews(9090), percent: 100 }], backends: [toReviews(80)] },
+        { matches: [match({ path: { type: 'PathPrefix', value: '/' } })], backends: [toReviews(80)] },
+      ]),
+      namespace: 'evil', port: 80,
+    };
+    const deny = (name: string, to: AuthorizationPolicy['rules'][number]['to']): AuthorizationPolicy =>
+      ({ name, namespace: 'shop', action: 'DENY', scope: 'service', targetServices: ['shop/reviews'], rules: [{ from: [], to, when: [], layer: 'L7' }], layer: 'L7' });
+    engine.applyConfig(config({ services: [reviews], routes: [consumer], policies: [deny('no-admin-port', [{ ports: [9090] }]), deny('no-admin-path', [{ paths: ['/admin'] }])] }));
+    fromEvil = await startTunnelListener(engine, '10.96.0.10:80', 'spiffe://cluster.local/ns/evil/sa/x');
+    fromShop = await startTunnelListener(engine, '10.96.0.10:80', 'spiffe://cluster.local/ns/shop/sa/web');
+  });
+  after(async () => {
+    for (const l of [fromEvil, fromShop]) await l.close();
+    await engine.close();
+    await b.close();
+  });
+
+  it('another port of the Service, or a path rewritten to one the producer denies, is refused 403 RBAC naming the policy, and counted; a mirror copy there is not sent', async () => {
+    const port = await request(fromEvil.port, { path: '/port' });
+    assert.equal(port.status, 403, `to port 9090 through the route (before: ${port.status === 200 ? 'this' : '200'}): ${port.body}`);
+    assert.match(port.body, /no-admin-port/);
+    const path = await request(fromEvil.port, { path: '/public' });
+    assert.equal(path.status, 403, `/public rewritten to /admin: ${path.body}`);
+    assert.match(path.body, /no-admin-path/);
+    const rbac = (await metricSamples(engine, 'istio_requests_total')).filter((s) => s.labels['response_flags'] === 'RBAC' && s.labels['source_workload_namespace'] === 'evil');
+    assert.equal(rbac.reduce((n, s) => n + s.value, 0), 2);
+    // Its copy to port 9090 is not sent; the request itself is served.
+    assert.equal((await request(fromEvil.port, { path: '/copy' })).status, 200);
+    assert.deepEqual((await metricSamples(engine, 'weft_waypoint_mirror_requests_dropped_total')).map((x) => [x.labels['reason'], x.value]), [['policy', 1]]);
+    // What the route sends where the producer allows it still goes; so does shop's own client.
+    assert.equal((await request(fromEvil.port, { path: '/items' })).status, 200);
+    assert.equal((await request(fromShop.port, { path: '/public' })).status, 200);
   });
 });

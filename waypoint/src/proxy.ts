@@ -28,7 +28,7 @@ import { OVERLOADED_HEADER, type RequestAdmission } from './overload.ts';
 import { LocalRateLimiter, retryAfterSeconds } from './ratelimit.ts';
 import { OVERFLOW, decideFault, isRetriable, retryBackoffMs, type AttemptOutcome, type Cluster, type EndpointState } from './resilience.ts';
 import { pickBackend } from './router.ts';
-import { pathOf, remoteIpOf, type DryRunResult } from '../../lib/policy/authz.ts';
+import { pathOf, remoteIpOf, type Decision, type DryRunResult } from '../../lib/policy/authz.ts';
 import { authenticateRequest, refusalDetails, type RequestAuth } from '../../lib/policy/jwt.ts';
 import { clip } from '../../lib/log.ts';
 import { outgoingTraceHeaders, type RequestRecord, type Telemetry, type TraceContext } from './telemetry.ts';
@@ -449,18 +449,27 @@ const authenticate: Stage = (ctx) => {
   if (out.kind === 'verified') ctx.requestAuth = out.auth;
 };
 
-/** AuthorizationPolicy: the one call into the policy engine. */
-const authorize: Stage = (ctx) => {
+/**
+ * The policy engine's decision on a request from this connection's caller to Service `key` at
+ * `port`, the request as given (`req`): as the caller addressed it (the authorize stage), or as a
+ * consumer route sends it (the route stage).
+ */
+function decide(ctx: RequestContext, key: string, port: number, req: { method: string; target: string; host: string; headers: HeaderMap }): Decision {
   const { conn } = ctx;
-  const dest = destination(ctx);
-  const decision = ctx.snap.policies.evaluate(dest.key, {
+  return ctx.snap.policies.evaluate(key, {
     ...(conn.peerSpiffeId ? { sourcePrincipal: conn.peerSpiffeId } : {}),
     ...(ctx.directIp ? { sourceIp: ctx.directIp } : {}),
     ...(ctx.remoteIp ? { remoteIp: ctx.remoteIp } : {}),
-    destinationIp: splitHostPort(conn.target).host, destinationPort: dest.port, method: ctx.method,
-    target: ctx.target, host: ctx.authority, headers: ctx.headers,
+    destinationIp: splitHostPort(conn.target).host, destinationPort: port, method: req.method,
+    target: req.target, host: req.host, headers: req.headers,
     ...(ctx.requestAuth ? { requestAuth: ctx.requestAuth } : {}),
   });
+}
+
+/** AuthorizationPolicy: the one call into the policy engine. */
+const authorize: Stage = (ctx) => {
+  const dest = destination(ctx);
+  const decision = decide(ctx, dest.key, dest.port, { method: ctx.method, target: ctx.target, host: ctx.authority, headers: ctx.headers });
   if (decision.audit) ctx.audit = decision.audit;
   if (decision.dryRun) {
     ctx.dryRun = decision.dryRun;
@@ -543,6 +552,25 @@ const route: Stage = (ctx) => {
     return;
   }
   const backendPort = backend.port ?? (backend.service === dest.key ? dest.port : backendSvc.ports[0]?.port ?? dest.port);
+  if (matched && isConsumerRoute(matched.route)) {
+    // A consumer route acts for its own namespace's callers, on their side (GEP-1294: as a
+    // sidecar's outbound route would), so what it sends (another port of the Service, a rewritten
+    // path or host, edited headers) is judged by the policies of where it goes, as it would be on
+    // arrival there; judged only as addressed, another namespace's route stepped around this one's
+    // DENY. Its mirrors alike: a copy the policies refuse is not sent.
+    const sent = fctx.request;
+    const decision = decide(ctx, backend.service, backendPort, { method: sent.method, target: sent.path, host: sent.authority, headers: sent.headers });
+    if (!decision.allowed) {
+      localReply(ctx, { status: 403, flags: F.FLAG_POLICY_DENIED, body: `RBAC: access denied by AuthorizationPolicy ${decision.policy} (${decision.reason}) to the request as consumer route ${ctx.routeName} sends it` });
+      return;
+    }
+    fctx.mirrors = fctx.mirrors.filter((m) => {
+      const svc = backendService(snap, m.backend);
+      const allowed = !svc || decide(ctx, m.backend.service, m.backend.port ?? svc.ports[0]?.port ?? backendPort, { method: sent.method, target: sent.path, host: sent.authority, headers: sent.headers }).allowed;
+      if (!allowed) env.telemetry.mirrorsDropped.inc({ reason: 'policy' });
+      return allowed;
+    });
+  }
   const settings = snap.settings.get(backend.service)!;
   ctx.upstream = {
     service: backendSvc, port: backendPort, key: backend.service,

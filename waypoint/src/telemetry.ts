@@ -281,7 +281,7 @@ export class Telemetry {
     });
     this.mirrorsDropped = new Counter({
       name: 'weft_waypoint_mirror_requests_dropped_total',
-      help: 'RequestMirror copies not sent (the request itself was served): overflow (the mirror backend at its maxRequests), max_mirrors (the waypoint at its ceiling on copies in flight), body_not_kept (a body over the retry buffer, or cut short)',
+      help: 'RequestMirror copies not sent (the request itself was served): overflow (the mirror backend at its maxRequests), max_mirrors (the waypoint at its ceiling on copies in flight), body_not_kept (a body over the retry buffer, or cut short), policy (a copy a consumer route makes, which the AuthorizationPolicies of where it goes refuse)',
       labelNames: ['reason'], registers,
     });
     this.dryRun = new Counter({ ...DRY_RUN_METRIC, labelNames: [...DRY_RUN_METRIC.labelNames], registers });
