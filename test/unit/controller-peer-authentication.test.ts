@@ -159,3 +159,20 @@ test('a younger mesh- or namespace-wide PeerAuthentication beside an older one i
   assert.deepEqual(conflicted.map((f) => `${f.namespace}/${f.name} ${f.path}`).sort(), ['shop/new-strict spec', `${ROOT}/mesh-b spec`].sort());
   assert.match(conflicted.find((f) => f.name === 'new-strict')!.message, /PeerAuthentication shop\/old-permissive is older and decides namespace shop's mode/);
 });
+
+// A tenant's PeerAuthentication reaching into another namespace: Istio applies one without a
+// selector to its own namespace, and a selector only to its own namespace's workloads (the
+// reference: "selector ... in the same namespace as the policy"), so evil's DISABLE, namespace-wide
+// or selecting shop/db's labels with a port-level DISABLE on its port, loosens nothing of shop's.
+test('a PeerAuthentication of another namespace (DISABLE namespace-wide, or a selector matching shop/db\'s labels with portLevelMtls DISABLE) loosens nothing of shop/db: its plaintext is still refused and counted', async () => {
+  const m = mesh([
+    pa('shop', 'strict', { mtls: { mode: 'STRICT' } }),
+    pa('evil', 'open', { mtls: { mode: 'DISABLE' } }),
+    pa('evil', 'open-db', { selector: { matchLabels: { app: 'db' } }, mtls: { mode: 'DISABLE' }, portLevelMtls: { '8080': { mode: 'DISABLE' } } }),
+  ]);
+  assert.equal(m.db.mode, 'STRICT');
+  assert.equal(m.db.portModes, undefined);
+  assert.deepEqual([...m.model.peerAuthentications.values()].filter((p) => p.namespace === 'evil').map((p) => p.name).sort(), ['open', 'open-db'], 'compiled, for evil alone');
+  assert.equal(plaintext(m, 8080), 'plaintext_strict');
+  assert.equal(await strictRefusals(m), 1);
+});
