@@ -461,18 +461,49 @@ test('one object\'s regular expressions are compiled within a budget: past it ea
     path: regex(j === 127 ? '(?=look-ahead)' : big(j)),
     headers: Array.from({ length: 16 }, (_, h) => ({ type: 'RegularExpression', name: `x-h${h}`, value: big(j * 16 + h) })),
   }));
-  const t0 = performance.now();
+  const { regexCompiled } = await import('../../lib/regex.ts');
+  const before = regexCompiled.instructions;
   const issues = validateObject(route(all));
-  const ms = performance.now() - t0;
+  const compiled = regexCompiled.instructions - before;
   assert.ok(issues.length > 0, 'refused');
   assert.match(issues[0]!.path, /^spec\.rules\[0\]\.matches\[0\]\.headers\[\d+\]\.value$/);
   assert.match(issues[0]!.message, new RegExp(`past the budget of ${MAX_OBJECT_REGEX_COST} RE2 instructions`));
   assert.equal(issues.some((i) => /not an RE2 regular expression/.test(i.message)), false, 'the patterns past the budget are not compiled (the last one, invalid, is never looked at)');
-  assert.ok(ms < 2000, `validated in ${ms.toFixed(0)} ms (about 12 s before)`);
+  // Counted in what was compiled, not in time (about 12 s before: 2,176 patterns of 1,802 instructions).
+  assert.ok(compiled <= MAX_OBJECT_REGEX_COST + MAX_REGEX_PROGRAM_SIZE, `${compiled} RE2 instructions compiled`);
   // A policy's namespace patterns (no list bound in Istio's API) take from the same budget.
   const namespaces = Array.from({ length: 20_000 }, (_, i) => `team-${i}-*-prod-*`);
   const p = validateObject(policy({ action: 'DENY', rules: [{ from: [{ source: { namespaces } }] }] }));
   assert.match(p[0]!.path, /^spec\.rules\[0\]\.from\[0\]\.source\.namespaces\[\d+\]$/);
   assert.match(p[0]!.message, /past the budget/);
   assert.ok(Number(/\[(\d+)\]$/.exec(p[0]!.path)![1]) <= MAX_OBJECT_REGEX_COST / 16, `the budget ends at ${p[0]!.path}`);
+});
+
+// The attack (review of branch tc): a pattern past MAX_REGEX_PROGRAM_SIZE was compiled in full
+// before its size was checked and then charged only MIN_REGEX_COST, so a route of 1,024 patterns
+// `[a-z]{1000}` x 92 (1,023 characters, about 93,000 instructions each) took 57 s to validate. The
+// size is now estimated from the pattern's syntax first (RE2's own parse-time bound, Go's
+// regexp/syntax calcSize: counted repeats multiply), and a pattern past it is refused uncompiled and
+// charged its estimate. Counted in compiled instructions, not in time.
+test('a pattern past the program size is refused from its estimate, never compiled, and charged that estimate', async () => {
+  const { regexProblem, RegexBudget, regexCompiled, estimateProgramSize, MAX_REGEX_PROGRAM_SIZE, MAX_OBJECT_REGEX_COST } = await import('../../lib/regex.ts');
+  for (const p of ['[a-z]{1000}'.repeat(92) + 'x1', '.{1000}'.repeat(146), '(?:a{1000}){1000}', '((((a{2}){2}){2}){2}){1000}', '(?:\\p{L}{1,30}){1,300}']) {
+    const before = regexCompiled.instructions;
+    const b = new RegexBudget();
+    assert.match(regexProblem(p, b) ?? '', new RegExp(`is estimated at \\d+ RE2 instructions; the limit is ${MAX_REGEX_PROGRAM_SIZE}`), p.slice(0, 30));
+    assert.equal(regexCompiled.instructions, before, `${p.slice(0, 30)} is not compiled`);
+    assert.ok(estimateProgramSize(p) > MAX_OBJECT_REGEX_COST || b.spent === false, 'charged its estimate');
+  }
+  const b = new RegexBudget();
+  regexProblem('[a-z]{1000}'.repeat(92), b);
+  assert.equal(b.spent, true, 'one such pattern spends the object\'s budget');
+  // The estimate is never below the program RE2 compiles (so nothing past the limit gets through
+  // to the compile), and near it for ordinary patterns.
+  for (const p of ['x[a-z]{1,900}', '(?:\\p{L}{1,30}){1,30}', '^/api/v[0-9]+/users/[^/]+$', '(a|b|c)*d+e?', '(?i)hello\\.world', '\\Qa.b\\E{3}', '[\\p{L}]{1,100}', 'a{2,5}(?:bc){3,}', '(?P<x>[0-9]{4})-[0-9]{2}', '[]a]{2}', 'a\\{2}', '(?:)', '']) {
+    const before = regexCompiled.instructions;
+    assert.equal(regexProblem(p), undefined, p);
+    const size = regexCompiled.instructions - before;
+    const est = estimateProgramSize(p);
+    assert.ok(est + 8 >= size && est <= size * 2 + 8, `${p}: estimated ${est}, compiled ${size}`);
+  }
 });
