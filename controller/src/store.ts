@@ -98,6 +98,13 @@ export class ObjectStore {
   /** Keys of accepted objects added, changed or deleted since the last takeChanges(). */
   #changed = new Set<string>();
 
+  #validated = 0;
+
+  /** Objects validated so far (a version whose content was seen before is not: its verdict is kept). */
+  get validated(): number {
+    return this.#validated;
+  }
+
   /** Objects held. */
   get size(): number {
     return this.#objects.size;
@@ -141,13 +148,23 @@ export class ObjectStore {
   #upsert(input: RawObject, origin: string | undefined, result: ApplyResult, listed?: Set<string>): string | undefined {
     // What is validated is exactly what is compiled: null fields are unset, as Kubernetes reads them.
     const raw = withoutNullFields(input);
-    const issues = validateObject(raw);
-    const kind = typeof raw.kind === 'string' ? raw.kind : '';
     const key = objectKey(raw);
+    // The verdict on this content when it was seen last (our status write seen back, a relist): the
+    // fingerprint holds all validation reads, so it is not validated again (up to 80 ms for an
+    // object's patterns within the regex budget). One too deep to fingerprint is validated (and refused).
+    let seen: string | undefined;
+    try {
+      seen = fingerprint(raw);
+    } catch { /* validated below */ }
+    const refused = this.#invalid.get(key);
+    const issues = seen !== undefined && refused?.fingerprint === seen ? refused.issues
+      : seen !== undefined && this.#objects.get(key)?.fingerprint === seen && !refused ? []
+      : this.#validate(raw);
+    const kind = typeof raw.kind === 'string' ? raw.kind : '';
     listed?.add(key);
     if (issues.length > 0) {
       const generation = typeof raw.metadata?.generation === 'number' ? raw.metadata.generation : undefined;
-      const fp = refusedFingerprint(raw, issues);
+      const fp = seen ?? refusedFingerprint(raw, issues);
       // The same content refused again (our Invalid status seen back, a relist): not a new refusal.
       const again = this.#invalid.get(key)?.fingerprint === fp;
       this.#invalid.set(key, { issues, fingerprint: fp, ...(generation !== undefined ? { generation } : {}), ...(origin ? { origin } : {}), ...(typeof raw.apiVersion === 'string' ? { apiVersion: raw.apiVersion } : {}) });
@@ -163,7 +180,7 @@ export class ObjectStore {
       return this.#objects.has(key) ? key : undefined;
     }
     const object = raw as unknown as MeshObject;
-    const fp = fingerprint(object);
+    const fp = seen ?? fingerprint(object);
     const wasInvalid = this.#invalid.delete(key);
     const prev = this.#objects.get(key);
     if (KINDS[object.kind].hasStatus && (wasInvalid || !prev || prev.fingerprint !== fp)) result.touched.push(key);
@@ -179,6 +196,11 @@ export class ObjectStore {
     this.#changed.add(key);
     result.changed = true;
     return key;
+  }
+
+  #validate(raw: RawObject): ValidationIssue[] {
+    this.#validated++;
+    return validateObject(raw);
   }
 
   #delete(key: string, result: ApplyResult): void {

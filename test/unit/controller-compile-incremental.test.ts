@@ -216,3 +216,38 @@ test('EndpointSlice churn leaves no emptied entries in the incremental state: sl
   assert.deepEqual([...refs].map(([r, s]) => [r, [...s]]).sort(), [...fullCache.last!.sliceRefs].map(([r, s]) => [r, [...s]]).sort());
   assert.deepEqual(normal(cache.last!.result), normal(full));
 });
+
+// Review of branch tc: the controller validated an object again at each watch event, the echo of
+// its own status write and every relist included, so a tenant's objects just under the regex budget
+// (45 to 80 ms each) cost their validation again at every status write. The verdict is now kept by
+// the object's content (the store's fingerprint: spec and metadata, not status or resourceVersion).
+test('an object whose content did not change is not validated again: the echo of our status write and a relist reuse the verdict, valid or not', () => {
+  const store = new ObjectStore();
+  const route = (name: string, value: string, extra: Record<string, unknown> = {}) => ({
+    apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name, namespace: 'evil', generation: 1, ...extra },
+    spec: { parentRefs: [{ group: '', kind: 'Service', name: 'web', namespace: 'shop' }], rules: [{ matches: [{ path: { type: 'RegularExpression', value } }], backendRefs: [{ name: 'web', namespace: 'shop', port: 80 }] }] },
+  });
+  let rv = 0;
+  const upsert = (o: object) => store.apply([{ type: 'upsert', object: o as never, resourceVersion: String(++rv) }]);
+  upsert(route('good', '/x[a-z]{1,900}', { resourceVersion: '1' }));
+  upsert(route('bad', '(?=look)', { resourceVersion: '2' }));
+  assert.equal(store.validated, 2);
+  // Our status seen back: a new resourceVersion, managedFields and status, the same spec.
+  const echo = { resourceVersion: '3', managedFields: [{ manager: 'weft', operation: 'Update', subresource: 'status' }] };
+  const r1 = upsert({ ...route('good', '/x[a-z]{1,900}', echo), status: { parents: [] } });
+  const r2 = upsert({ ...route('bad', '(?=look)', echo), status: { parents: [] } });
+  assert.equal(store.validated, 2, 'neither is validated again');
+  assert.equal(r1.changed, false);
+  assert.deepEqual(r2.rejections, [], 'the same refusal is not reported again');
+  assert.match(store.invalid('HTTPRoute/evil/bad')!.issues[0]!.message, /not an RE2 regular expression/, 'the verdict is kept');
+  store.apply([{ type: 'snapshot', kinds: ['HTTPRoute'], objects: [route('good', '/x[a-z]{1,900}'), route('bad', '(?=look)')] as never, resourceVersion: String(++rv) }]);
+  assert.equal(store.validated, 2, 'a relist validates nothing unchanged');
+  assert.ok(store.get('HTTPRoute/evil/good') && store.invalid('HTTPRoute/evil/bad'));
+  // A change is validated, valid to invalid and back.
+  upsert(route('good', '(?=now-bad)', { generation: 2 }));
+  assert.equal(store.validated, 3);
+  assert.ok(store.invalid('HTTPRoute/evil/good'));
+  upsert(route('good', '/x[a-z]{1,900}', { generation: 3 }));
+  assert.equal(store.validated, 4);
+  assert.equal(store.invalid('HTTPRoute/evil/good'), undefined);
+});
