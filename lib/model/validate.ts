@@ -1146,16 +1146,38 @@ function headerModifier(c: Checker, v: unknown, p: string): void {
   }
 }
 
+/**
+ * Why a rewrite path is not in the normalized form the waypoint judges and sends (normalize.ts,
+ * RFC 3986 section 6.2.2), or undefined: the waypoint normalizes the rewritten target again, but a
+ * value that changes under it says something other than what it does (`/public/../admin` is /admin).
+ */
+export function rewritePathProblem(value: string): string | undefined {
+  if (/(^|\/)\.\.?(\/|$)/.test(value)) return 'has a dot segment (`.` or `..`)';
+  if (value.includes('\\')) return 'has a backslash (read as `/`)';
+  for (const m of value.matchAll(/%(.{0,2})/gs)) {
+    if (!/^[0-9A-Fa-f]{2}$/.test(m[1]!)) return `has "%${m[1]}", not a percent-encoded byte`;
+    const ch = String.fromCharCode(parseInt(m[1]!, 16));
+    if (/[A-Za-z0-9._~-]/.test(ch)) return `percent-encodes the unreserved character "${ch}" (write it as is)`;
+    if (ch === '/' || ch === '\\') return `percent-encodes a ${ch === '/' ? 'slash' : 'backslash'}`;
+  }
+  return undefined;
+}
+
+function rewritePath(c: Checker, value: string | undefined, p: string): void {
+  const why = value === undefined ? undefined : rewritePathProblem(value);
+  if (why) c.fail(p, `"${value!.slice(0, 80)}" is not in normalized form: it ${why}`);
+}
+
 function pathModifier(c: Checker, v: unknown, p: string): void {
   const o = c.obj(v, p);
   if (!o) return;
   c.only(o, p, ['type', 'replaceFullPath', 'replacePrefixMatch']);
   const type = c.str(o.type, `${p}.type`, { required: true, oneOf: ['ReplaceFullPath', 'ReplacePrefixMatch'] });
-  if (type === 'ReplaceFullPath') c.str(o.replaceFullPath, `${p}.replaceFullPath`, { required: true, pattern: /^\//, patternText: 'a path starting with /' });
+  if (type === 'ReplaceFullPath') rewritePath(c, c.str(o.replaceFullPath, `${p}.replaceFullPath`, { required: true, pattern: /^\//, patternText: 'a path starting with /' }), `${p}.replaceFullPath`);
   // Gateway API HTTPPathModifier: an empty ReplacePrefixMatch is allowed (`/foo/bar` under prefix `/foo` becomes `/bar`).
   if (type === 'ReplacePrefixMatch') {
     if (o.replacePrefixMatch === undefined || o.replacePrefixMatch === null) c.fail(`${p}.replacePrefixMatch`, 'is required');
-    else c.str(o.replacePrefixMatch, `${p}.replacePrefixMatch`, { pattern: /^(\/|$)/, patternText: 'a path starting with /, or empty' });
+    else rewritePath(c, c.str(o.replacePrefixMatch, `${p}.replacePrefixMatch`, { pattern: /^(\/|$)/, patternText: 'a path starting with /, or empty' }), `${p}.replacePrefixMatch`);
   }
 }
 

@@ -507,3 +507,22 @@ test('a pattern past the program size is refused from its estimate, never compil
     assert.ok(est + 8 >= size && est <= size * 2 + 8, `${p}: estimated ${est}, compiled ${size}`);
   }
 });
+
+// Review of branch tc: a rewrite value was accepted if it started with `/`, so a consumer route
+// rewrote to `/public/../admin` or `/%61dmin` (the waypoint now normalizes the rewritten target,
+// proxy.ts route stage). A value not already in normalized form (RFC 3986 section 6.2.2: dot
+// segments, percent-encoded unreserved characters; an encoded or raw backslash or encoded slash,
+// which the normalization modes decode, merge or refuse) is refused here, naming the field.
+test('a rewrite path not in normalized form (dot segments, encoded unreserved characters or slashes, a backslash) is refused at its field', () => {
+  const rewrite = (path: Record<string, string>) => ({ matches: [{ path: { type: 'PathPrefix', value: '/pfx' } }], filters: [{ type: 'URLRewrite', urlRewrite: { path } }], backendRefs: [{ name: 'web', port: 80 }] });
+  const full = (value: string) => httpRuleIssues(rewrite({ type: 'ReplaceFullPath', replaceFullPath: value }));
+  const prefix = (value: string) => httpRuleIssues(rewrite({ type: 'ReplacePrefixMatch', replacePrefixMatch: value }));
+  for (const value of ['/public/../admin', '/./admin', '/a/..', '/%61dmin', '/a%2Fb', '/a%5cb', '/a\\b', '/a%zz']) {
+    const issues = full(value);
+    assert.equal(issues.length, 1, `${value}: ${issues.join()}`);
+    assert.match(issues[0]!, /^spec\.rules\[0\]\.filters\[0\]\.urlRewrite\.path\.replaceFullPath: .*not in normalized form/, value);
+  }
+  assert.match(prefix('/v2/..')[0] ?? '', /^spec\.rules\[0\]\.filters\[0\]\.urlRewrite\.path\.replacePrefixMatch: .*dot segment/);
+  for (const ok of ['/admin', '/a/b.c/..d/...', '/%7Bx%7D', '/v2/', '/a%20b']) assert.deepEqual(full(ok), [], ok);
+  assert.deepEqual(prefix(''), []);
+});

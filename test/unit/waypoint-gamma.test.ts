@@ -338,3 +338,60 @@ describe('a consumer route cannot step around the producer\'s waypoint policy', 
     assert.equal((await request(fromShop.port, { path: '/public' })).status, 200);
   });
 });
+
+// Review of branch tc: a consumer route's rewritten path was judged and forwarded as the filter left
+// it, unnormalized, so with shop's DENY on ["/admin", "/admin/*"], a ReplaceFullPath
+// "/public/../admin" or "/%61dmin", or a ReplacePrefixMatch "/v2/.." on /pfx/admin, got 200 and
+// the backend received the raw path (which it resolves to /admin). The rewritten target now goes
+// through the waypoint's one normalization (normalize.ts, the mesh's mode), as a request arriving
+// at the backend's sidecar would (Envoy normalizes on arrival, before RBAC); a target it refuses is
+// answered 400 DPE, named in the access log.
+describe('a consumer route\'s rewritten path is normalized before it is judged and sent', () => {
+  let b: Backend;
+  let engine: WaypointEngine;
+  let fromEvil: Listener;
+  const lines: string[] = [];
+  before(async () => {
+    b = await startHttpBackend(echo('reviews'));
+    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: (l: string) => { lines.push(l); } } });
+    const to = { ...backend('reviews', 1, [], 'shop'), port: 80 };
+    const rewrite = (from: string, path: { type: 'ReplaceFullPath' | 'ReplacePrefixMatch'; value: string }, type: 'Exact' | 'PathPrefix' = 'Exact') =>
+      ({ matches: [match({ path: { type, value: from } })], filters: [{ type: 'URLRewrite' as const, path }], backends: [to] });
+    const consumer: Route = {
+      ...route('detour', 'reviews', [
+        rewrite('/dots', { type: 'ReplaceFullPath', value: '/public/../admin' }),
+        rewrite('/encoded', { type: 'ReplaceFullPath', value: '/%61dmin' }),
+        rewrite('/pfx', { type: 'ReplacePrefixMatch', value: '/v2/..' }, 'PathPrefix'),
+        rewrite('/items-dots', { type: 'ReplaceFullPath', value: '/public/../items' }),
+        rewrite('/broken', { type: 'ReplaceFullPath', value: '/a%zz' }),
+      ]),
+      namespace: 'evil', port: 80,
+    };
+    const deny: AuthorizationPolicy = { name: 'no-admin', namespace: 'shop', action: 'DENY', scope: 'service', targetServices: ['shop/reviews'], rules: [{ from: [], to: [{ paths: ['/admin', '/admin/*'] }], when: [], layer: 'L7' }], layer: 'L7' };
+    engine.applyConfig(config({ services: [service('reviews', '10.96.0.10', [endpoint(b.port)])], routes: [consumer], policies: [deny] }));
+    fromEvil = await startTunnelListener(engine, '10.96.0.10:80', 'spiffe://cluster.local/ns/evil/sa/x');
+  });
+  after(async () => {
+    await fromEvil.close();
+    await engine.close();
+    await b.close();
+  });
+
+  it('a rewrite to "/public/../admin", "/%61dmin" or a prefix "/v2/.." is judged as /admin and refused 403; an allowed one is sent normalized; one that does not normalize is 400', async () => {
+    for (const path of ['/dots', '/encoded', '/pfx/admin']) {
+      const r = await request(fromEvil.port, { path });
+      assert.equal(r.status, 403, `${path} (before: 200, the backend receiving the raw path): ${r.body}`);
+      assert.match(r.body, /no-admin/);
+    }
+    const ok = await request(fromEvil.port, { path: '/items-dots' });
+    assert.equal(ok.status, 200, ok.body);
+    assert.equal(JSON.parse(ok.body).url, '/items', 'the backend receives the normalized path');
+    const bad = await request(fromEvil.port, { path: '/broken' });
+    assert.equal(bad.status, 400, bad.body);
+    const samples = await metricSamples(engine, 'istio_requests_total');
+    const count = (code: string, flags: string) => samples.filter((s) => s.labels['response_code'] === code && s.labels['response_flags'] === flags).reduce((n, s) => n + s.value, 0);
+    assert.equal(count('403', 'RBAC'), 3);
+    assert.equal(count('400', 'DPE'), 1);
+    assert.ok(lines.some((l) => l.includes('rewritten_target_invalid_percent_encoding')), 'the 400 is named in the access log');
+  });
+});

@@ -545,6 +545,18 @@ const route: Stage = (ctx) => {
   }
   applyRouteFilters(backend.filters, fctx);
   if (answerRedirect(ctx, fctx)) return;
+  if (fctx.request.path !== ctx.target) {
+    // A rewritten target goes through the one normalization the request did (normalize stage), so
+    // what is judged and sent is what the backend resolves: a rewrite to `/public/../admin` or
+    // `/%61dmin` is /admin, as it would be on arrival at the backend's sidecar.
+    const n = normalizeRequestTarget(fctx.request.method, fctx.request.path, undefined, ctx.env.normalize);
+    if (!n.ok) {
+      ctx.detail = `rewritten_target_${n.reason}: ${n.message}`;
+      localReply(ctx, { status: 400, flags: F.FLAG_DOWNSTREAM_PROTOCOL_ERROR, body: `bad request: route ${ctx.routeName ?? dest.key} rewrote the target to one that does not normalize: ${n.message}` });
+      return;
+    }
+    fctx.request.path = n.target;
+  }
   const backendSvc = backendService(snap, backend);
   if (!backendSvc) {
     // Gateway API: a backendRef that does not resolve costs the requests routed to it (500), nothing else.
