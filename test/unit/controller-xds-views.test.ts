@@ -74,6 +74,8 @@ test('waypointHolds answers exactly as waypointView, for every resource type and
     route('shop', 'reviews', 'reviews', [{ name: 'reviews' }, { name: 'front', namespace: 'web' }]),
     authz('shop', 'reviews-only', { targetRefs: [{ group: '', kind: 'Service', name: 'reviews' }], rules: [{ from: [{ source: { principals: ['cluster.local/ns/web/sa/front'] } }] }] }),
     authz('weft-system', 'mesh-wide', { action: 'DENY', rules: [{ to: [{ operation: { ports: ['9999'] } }] }] }),
+    authz('web', 'front-admin', { action: 'DENY', targetRefs: [{ group: '', kind: 'Service', name: 'front' }], rules: [{ to: [{ operation: { paths: ['/admin'] } }] }] }),
+    authz('web', 'other-admin', { action: 'DENY', targetRefs: [{ group: '', kind: 'Service', name: 'other' }], rules: [{ to: [{ operation: { paths: ['/admin'] } }] }] }),
     authz('weft-system', 'every-waypoint', { targetRefs: [{ group: 'gateway.networking.k8s.io', kind: 'GatewayClass', name: 'istio-waypoint' }], action: 'DENY', rules: [{ to: [{ operation: { paths: ['/debug*'] } }] }] }),
     { apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'strict', namespace: 'shop' }, spec: { mtls: { mode: 'STRICT' } } },
     { apiVersion: 'weft.dev/v1alpha1', kind: 'TrafficPolicy', metadata: { name: 'reviews', namespace: 'shop' }, spec: { targetRef: { group: '', kind: 'Service', name: 'reviews' }, timeouts: { request: '1s' } } },
@@ -97,6 +99,11 @@ test('waypointHolds answers exactly as waypointView, for every resource type and
   // root-namespace GatewayClass target; a mesh-wide policy without targetRefs is the agents'.
   assert.ok(waypointHolds(ix, 'shop', 'AuthorizationPolicy', 'weft-system/every-waypoint'), 'a GatewayClass target reaches the waypoints');
   assert.ok(waypointHolds(ix, 'shop', 'AuthorizationPolicy', 'shop/reviews-only'));
+  // Review of branch tc, finding 7: a request a route sends to a Service of another namespace is
+  // judged at this waypoint by that Service's policies (a consumer route's, as sent); they were not
+  // sent here, so the check found none and allowed. A route backend's targetRef policies are sent.
+  assert.ok(waypointHolds(ix, 'shop', 'AuthorizationPolicy', 'web/front-admin'), 'the policy of a route backend of another namespace (before: not sent)');
+  assert.ok(!waypointHolds(ix, 'shop', 'AuthorizationPolicy', 'web/other-admin'), 'not that of a Service no route sends to');
   assert.ok(!waypointHolds(ix, 'shop', 'AuthorizationPolicy', 'weft-system/mesh-wide') && !waypointHolds(ix, 'web', 'AuthorizationPolicy', 'weft-system/mesh-wide'), 'a mesh-wide policy without targetRefs reaches no waypoint');
   assert.equal([...all.AddressOwner.keys()].filter((k) => waypointHolds(ix, 'web', 'AddressOwner', k)).length, 3, 'every workload address, enrolled or not');
 });

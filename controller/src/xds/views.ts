@@ -183,7 +183,7 @@ export function waypointView(ix: ViewIndex, namespace: string, type: ResourceTyp
     }
     case 'AuthorizationPolicy': {
       const out: string[] = [];
-      for (const [k, p] of m.policies) if (waypointApplies(ix, p, namespace)) out.push(k);
+      for (const [k, p] of m.policies) if (waypointJudgesWith(ix, p, namespace)) out.push(k);
       return out;
     }
     case 'RequestAuthentication': {
@@ -209,6 +209,16 @@ export function waypointView(ix: ViewIndex, namespace: string, type: ResourceTyp
  */
 function waypointApplies(ix: ViewIndex, p: AuthorizationPolicy | RequestAuthentication, namespace: string): boolean {
   return waypointTargets(p).some((s) => serves(ix, namespace, s));
+}
+
+/**
+ * The AuthorizationPolicies the waypoint of `namespace` judges with: those it applies
+ * (waypointApplies), and those attached by targetRefs to a Service its routes send to in another
+ * namespace (routeBackendsOf; a ReferenceGrant given): a request a consumer route matched is judged
+ * as sent, by the policies of where it goes, and without them it found none there and was allowed.
+ */
+function waypointJudgesWith(ix: ViewIndex, p: AuthorizationPolicy, namespace: string): boolean {
+  return waypointApplies(ix, p, namespace) || waypointTargets(p).some((s) => routeBackendsOf(ix, namespace).has(s));
 }
 
 /** Does a waypoint of `namespace` serve Service `svcKey`: one of its namespace, or another's bound to it. */
@@ -277,7 +287,7 @@ export function waypointHolds(ix: ViewIndex, namespace: string, type: ResourceTy
     }
     case 'AuthorizationPolicy': {
       const p = m.policies.get(name);
-      return p !== undefined && waypointApplies(ix, p, namespace);
+      return p !== undefined && waypointJudgesWith(ix, p, namespace);
     }
     case 'RequestAuthentication': {
       const ra = m.requestAuthentications.get(name);
@@ -294,11 +304,12 @@ export function waypointHolds(ix: ViewIndex, namespace: string, type: ResourceTy
 
 /**
  * Waypoint view types whose membership of a name depends on other types: the Services a waypoint
- * sees include its routes' backends, so a Route change re-evaluates its Service view whole. Every
+ * sees include its routes' backends, and its AuthorizationPolicies those backends' (waypointJudgesWith),
+ * so a Route change re-evaluates its Service and AuthorizationPolicy views whole. Every
  * other type's membership follows from the resource itself, or from the Services bound across
  * namespaces (WAYPOINT_TYPES_FOLLOWING_BINDINGS, for the namespaces a publish rebound).
  */
-export const WAYPOINT_VIEW_DEPENDS_ON: Readonly<Partial<Record<ResourceType, readonly ResourceType[]>>> = { Service: ['Route'] };
+export const WAYPOINT_VIEW_DEPENDS_ON: Readonly<Partial<Record<ResourceType, readonly ResourceType[]>>> = { Service: ['Route'], AuthorizationPolicy: ['Route'] };
 
 const NONE: ReadonlySet<string> = new Set();
 
