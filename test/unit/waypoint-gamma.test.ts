@@ -395,3 +395,71 @@ describe('a consumer route\'s rewritten path is normalized before it is judged a
     assert.ok(lines.some((l) => l.includes('rewritten_target_invalid_percent_encoding')), 'the 400 is named in the access log');
   });
 });
+
+// Review of branch tc, findings 6 and 4: a consumer-routed request was judged twice, as addressed
+// and as sent, stricter than Istio, where the consumer route runs at the client's sidecar and the
+// server's sidecar judges only the request as it arrives (a consumer route rewriting /v1 to /v2,
+// with the producer's ALLOW on /v2/*, is 200 there and was 403 here). A request a consumer route
+// matched is now judged once, as sent (after routing, filters and normalization); one a producer
+// route (or none) matched is judged as addressed. That one decision's dry-run results and AUDIT
+// list are recorded, counted once (they were dropped on the consumer-route check).
+describe('a request a consumer route matched is judged once, as it is sent (Istio: the server\'s sidecar judges what arrives)', () => {
+  let b: Backend;
+  let cache: Backend;
+  let engine: WaypointEngine;
+  let fromEvil: Listener;
+  let fromShop: Listener;
+  before(async () => {
+    b = await startHttpBackend(echo('reviews'));
+    cache = await startHttpBackend(echo('cache'));
+    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
+    const to = { ...backend('reviews', 1, [], 'shop'), port: 80 };
+    const consumer: Route = {
+      ...route('versions', 'reviews', [
+        { matches: [match({ path: { type: 'PathPrefix', value: '/v1' } })], filters: [{ type: 'URLRewrite', path: { type: 'ReplacePrefixMatch', value: '/v2' } }], backends: [to] },
+        { matches: [match({ path: { type: 'PathPrefix', value: '/cache' } })], backends: [{ ...backend('cache', 1, [], 'web'), port: 80 }] },
+      ]),
+      namespace: 'evil', port: 80,
+    };
+    const policy = (p: Partial<AuthorizationPolicy> & Pick<AuthorizationPolicy, 'name' | 'action'>, service: string, paths: string[]): AuthorizationPolicy =>
+      ({ namespace: service.split('/')[0]!, scope: 'service', targetServices: [service], rules: [{ from: [], to: [{ paths }], when: [], layer: 'L7' }], layer: 'L7', ...p });
+    engine.applyConfig(config({
+      services: [service('reviews', '10.96.0.10', [endpoint(b.port)]), service('cache', '10.96.2.10', [endpoint(cache.port)], { namespace: 'web' })],
+      routes: [consumer],
+      policies: [
+        policy({ name: 'v2-only', action: 'ALLOW' }, 'shop/reviews', ['/v2/*']),
+        policy({ name: 'shadow', action: 'AUDIT', dryRun: 'DENY' }, 'shop/reviews', ['/v2/secret']),
+        policy({ name: 'no-cache', action: 'DENY' }, 'web/cache', ['/cache/*']),
+      ],
+    }));
+    fromEvil = await startTunnelListener(engine, '10.96.0.10:80', 'spiffe://cluster.local/ns/evil/sa/x');
+    fromShop = await startTunnelListener(engine, '10.96.0.10:80', 'spiffe://cluster.local/ns/shop/sa/web');
+  });
+  after(async () => {
+    for (const l of [fromEvil, fromShop]) await l.close();
+    await engine.close();
+    await b.close();
+    await cache.close();
+  });
+
+  it('a consumer route rewriting /v1 to /v2 under the producer\'s ALLOW on /v2/* is served; the producer\'s client addressing /v1 is not', async () => {
+    const r = await request(fromEvil.port, { path: '/v1/items' });
+    assert.equal(r.status, 200, `(before: 403, judged as addressed too): ${r.body}`);
+    assert.equal(JSON.parse(r.body).url, '/v2/items');
+    assert.equal((await request(fromShop.port, { path: '/v1/items' })).status, 403, 'no consumer route for shop: judged as addressed');
+  });
+
+  it('the dry-run results of the one decision are those of the request as sent, counted once', async () => {
+    const before = (await metricSamples(engine, 'weft_authz_dry_run_total')).reduce((n, s) => n + s.value, 0);
+    assert.equal((await request(fromEvil.port, { path: '/v1/secret' })).status, 200, 'a dry-run DENY is never enforced');
+    const samples = await metricSamples(engine, 'weft_authz_dry_run_total');
+    assert.equal(samples.reduce((n, s) => n + s.value, 0) - before, 1, 'one shadow verdict for the one decision');
+    assert.equal(samples.find((s) => /shadow/.test(String(s.labels['policy'] ?? '')) && s.labels['authz_dry_run_result'] === 'denied')?.value, 1, `the request as sent (/v2/secret) would be denied: ${JSON.stringify(samples.map((s) => s.labels))}`);
+  });
+
+  it('a backend in another namespace is judged by its own policies (web\'s DENY), as it would be on arrival there', async () => {
+    const r = await request(fromEvil.port, { path: '/cache/x' });
+    assert.equal(r.status, 403, r.body);
+    assert.match(r.body, /no-cache/);
+  });
+});

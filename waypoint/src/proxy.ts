@@ -27,7 +27,7 @@ import type { RedisQuota } from './quota.ts';
 import { OVERLOADED_HEADER, type RequestAdmission } from './overload.ts';
 import { LocalRateLimiter, retryAfterSeconds } from './ratelimit.ts';
 import { OVERFLOW, decideFault, isRetriable, retryBackoffMs, type AttemptOutcome, type Cluster, type EndpointState } from './resilience.ts';
-import { pickBackend } from './router.ts';
+import { pickBackend, type RouteDecision, type RouteTable } from './router.ts';
 import { pathOf, remoteIpOf, type Decision, type DryRunResult } from '../../lib/policy/authz.ts';
 import { authenticateRequest, refusalDetails, type RequestAuth } from '../../lib/policy/jwt.ts';
 import { clip } from '../../lib/log.ts';
@@ -159,6 +159,8 @@ export interface RequestContext {
   dest?: Destination;
   upstream?: UpstreamPlan;
   routeName?: string;
+  /** The route rule the request matched (routeMatch), kept from the authorize stage to the route stage. */
+  routeMatch?: { matched: RouteDecision | undefined; table: RouteTable | undefined };
   upstreamHost?: string;
   destinationEndpoint?: Endpoint;
   attempts: number;
@@ -466,15 +468,40 @@ function decide(ctx: RequestContext, key: string, port: number, req: { method: s
   });
 }
 
-/** AuthorizationPolicy: the one call into the policy engine. */
-const authorize: Stage = (ctx) => {
-  const dest = destination(ctx);
-  const decision = decide(ctx, dest.key, dest.port, { method: ctx.method, target: ctx.target, host: ctx.authority, headers: ctx.headers });
+/** The decision that judges the request: its AUDIT matches and dry-run results are the request's (counted once). */
+function recordDecision(ctx: RequestContext, decision: Decision): void {
   if (decision.audit) ctx.audit = decision.audit;
   if (decision.dryRun) {
     ctx.dryRun = decision.dryRun;
     ctx.env.telemetry.dryRunResults(decision.dryRun);
   }
+}
+
+/**
+ * The caller's route table for the destination and the rule the request matches, once a request
+ * (the authorize stage asks whose route it is; the route stage acts on it). A request addressed to
+ * one workload (dest.workloadIp) takes no route.
+ */
+function routeMatch(ctx: RequestContext): NonNullable<RequestContext['routeMatch']> {
+  if (ctx.routeMatch) return ctx.routeMatch;
+  const dest = destination(ctx);
+  const table = dest.workloadIp ? undefined : routesFor(ctx.snap, ctx.conn.peerSpiffeId);
+  const matched = table?.match(dest.key, dest.port, { method: ctx.method, path: ctx.path, query: ctx.query, headers: ctx.headers });
+  return (ctx.routeMatch = { matched, table });
+}
+
+/**
+ * AuthorizationPolicy: the one call into the policy engine for a request no consumer route matched,
+ * as it was addressed (Envoy's RBAC runs before its router). A request a consumer route matched is
+ * judged once, as the route sends it (route stage): the route acts on its clients' side, as a
+ * sidecar's outbound route would, and the policies judge what arrives (Istio sidecar mode).
+ */
+const authorize: Stage = (ctx) => {
+  const { matched } = routeMatch(ctx);
+  if (matched && isConsumerRoute(matched.route)) return;
+  const dest = destination(ctx);
+  const decision = decide(ctx, dest.key, dest.port, { method: ctx.method, target: ctx.target, host: ctx.authority, headers: ctx.headers });
+  recordDecision(ctx, decision);
   if (!decision.allowed) {
     localReply(ctx, { status: 403, flags: F.FLAG_POLICY_DENIED, body: `RBAC: access denied by AuthorizationPolicy ${decision.policy} (${decision.reason})` });
   }
@@ -509,8 +536,7 @@ const quota: Stage = async (ctx) => {
 const route: Stage = (ctx) => {
   const { snap, env } = ctx;
   const dest = destination(ctx);
-  const table = dest.workloadIp ? undefined : routesFor(snap, ctx.conn.peerSpiffeId);
-  const matched = table?.match(dest.key, dest.port, { method: ctx.method, path: ctx.path, query: ctx.query, headers: ctx.headers });
+  const { matched, table } = routeMatch(ctx);
   let backends: RouteBackend[];
   const fctx: FilterContext = {
     request: { method: ctx.method, path: ctx.target, authority: ctx.authority, headers: forwardableHeaders(ctx.headers) },
@@ -567,11 +593,12 @@ const route: Stage = (ctx) => {
   if (matched && isConsumerRoute(matched.route)) {
     // A consumer route acts for its own namespace's callers, on their side (GEP-1294: as a
     // sidecar's outbound route would), so what it sends (another port of the Service, a rewritten
-    // path or host, edited headers) is judged by the policies of where it goes, as it would be on
-    // arrival there; judged only as addressed, another namespace's route stepped around this one's
-    // DENY. Its mirrors alike: a copy the policies refuse is not sent.
+    // and normalized path, a host, edited headers) is what the policies of where it goes judge, once,
+    // as they would on arrival there (Istio sidecar mode); judged as addressed, another namespace's
+    // route stepped around this one's DENY. Its mirrors alike: a copy the policies refuse is not sent.
     const sent = fctx.request;
     const decision = decide(ctx, backend.service, backendPort, { method: sent.method, target: sent.path, host: sent.authority, headers: sent.headers });
+    recordDecision(ctx, decision);
     if (!decision.allowed) {
       localReply(ctx, { status: 403, flags: F.FLAG_POLICY_DENIED, body: `RBAC: access denied by AuthorizationPolicy ${decision.policy} (${decision.reason}) to the request as consumer route ${ctx.routeName} sends it` });
       return;
