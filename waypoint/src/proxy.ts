@@ -604,8 +604,8 @@ const route: Stage = (ctx) => {
       return;
     }
     fctx.mirrors = fctx.mirrors.filter((m) => {
-      const svc = backendService(snap, m.backend);
-      const allowed = !svc || decide(ctx, m.backend.service, m.backend.port ?? svc.ports[0]?.port ?? backendPort, { method: sent.method, target: sent.path, host: sent.authority, headers: sent.headers }).allowed;
+      const to = mirrorTarget(snap, m.backend, sent);
+      const allowed = !to || decide(ctx, m.backend.service, to.port, { method: sent.method, target: sent.path, host: to.authority, headers: sent.headers }).allowed;
       if (!allowed) env.telemetry.mirrorsDropped.inc({ reason: 'policy' });
       return allowed;
     });
@@ -733,6 +733,19 @@ export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: Downs
   }
 }
 
+/**
+ * Where a mirror copy of `out` goes and as what: the backend's Service, its port (the backendRef's,
+ * else the Service's first, else 80) and the authority `<host>-shadow`, before any port (Envoy's
+ * shadow host). The route stage judges a consumer route's copy with these and sendMirror sends it
+ * with them; undefined when the Service is unknown (no copy).
+ */
+function mirrorTarget(snap: Snapshot, backend: RouteBackend, out: FilterContext['request']): { svc: Service; port: number; authority: string } | undefined {
+  const svc = backendService(snap, backend);
+  if (!svc) return undefined;
+  const { host, port } = splitHostPort(out.authority);
+  return { svc, port: backend.port ?? svc.ports[0]?.port ?? 80, authority: `${host}-shadow${port === undefined ? '' : `:${port}`}` };
+}
+
 /** How long a mirror copy may take, its answer included. */
 const MIRROR_TIMEOUT_MS = 30_000;
 
@@ -741,14 +754,14 @@ const MIRROR_TIMEOUT_MS = 30_000;
  * agent, as for the request itself). A copy never changes the request's answer, and what copies hold
  * is bounded apart from the requests: the mirror backend's circuit breaker (maxRequests, as Envoy
  * sends a shadow through its cluster) and the waypoint's ceiling on copies in flight; past either the
- * copy is dropped and counted. Its host is `<host>-shadow`, before any port (Envoy).
+ * copy is dropped and counted. Its port and host `<host>-shadow` are mirrorTarget's.
  */
 async function sendMirror(env: ProxyEnv, snap: Snapshot, backend: RouteBackend, out: FilterContext['request'], body: ReplayableBody | undefined, caller: string | undefined): Promise<void> {
   const dropped = (reason: 'overflow' | 'max_mirrors' | 'body_not_kept'): void => env.telemetry.mirrorsDropped.inc({ reason });
   try {
-    const svc = backendService(snap, backend);
-    if (!svc) return;
-    const port = backend.port ?? svc.ports[0]?.port ?? 80;
+    const to = mirrorTarget(snap, backend, out);
+    if (!to) return;
+    const { svc, port, authority } = to;
     if (body && !(await body.whenComplete())) { dropped('body_not_kept'); return; }
     const cluster = env.cluster(svc, port);
     const ep = cluster.pick(env.random);
@@ -761,8 +774,6 @@ async function sendMirror(env: ProxyEnv, snap: Snapshot, backend: RouteBackend, 
     const ac = new AbortController();
     const timer = setTimeout(() => ac.abort(), MIRROR_TIMEOUT_MS);
     try {
-      const { host, port: authorityPort } = splitHostPort(out.authority);
-      const authority = `${host}-shadow${authorityPort === undefined ? '' : `:${authorityPort}`}`;
       const resp = await env.pool.request(upstreamEndpoint(ep), upstreamProtocol(svc, port, false), {
         method: out.method, path: out.path, authority, headers: { ...out.headers }, body: stream, signal: ac.signal,
         ...(caller ? { callerId: caller } : {}),
