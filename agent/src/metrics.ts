@@ -32,7 +32,7 @@ export type AccessLogging = TelemetrySettings['accessLogging'];
  * Receives one access-log entry (the agent adds time, type and node) with the access-log settings
  * of each workload whose line it is (none given: the defaults).
  */
-export type AccessLogSink = (entry: Record<string, unknown>, logging?: ReadonlyArray<AccessLogging | undefined>) => void;
+export type AccessLogSink = (entry: Record<string, unknown>, logging?: ReadonlyArray<AccessLogging | undefined>, clientOnly?: readonly string[]) => void;
 
 /** Where the agent's access-log lines go: stdout, a Telemetry's OTLP endpoint, and /flows. */
 export interface AccessLogOutputs {
@@ -54,25 +54,43 @@ export interface AccessLogOutputs {
  * namespace's, perhaps) cannot take away.
  */
 export function accessLogSink(out: AccessLogOutputs): AccessLogSink {
-  return (entry, logging = [undefined]) => {
+  return (entry, logging = [undefined], clientOnly = []) => {
     const line = { time: new Date().toISOString(), type: 'access', node: out.node, ...entry };
-    const texts = new Map<'JSON' | 'TEXT', string>();
-    const text = (encoding: 'JSON' | 'TEXT'): string => {
-      let t = texts.get(encoding);
-      if (t === undefined) texts.set(encoding, (t = formatAccessLog(line, encoding)));
+    // The first settings are the reporter's, whose copy is whole; another workload's copy (a
+    // same-node destination's inbound line) leaves out what only the client knew (`clientOnly`).
+    let inbound: Record<string, unknown> | undefined;
+    const lineOf = (own: boolean): Record<string, unknown> => {
+      if (own || clientOnly.length === 0) return line;
+      if (!inbound) {
+        inbound = { ...line };
+        for (const k of clientOnly) delete inbound[k];
+      }
+      return inbound;
+    };
+    const texts = new Map<string, string>();
+    const text = (own: boolean, encoding: 'JSON' | 'TEXT'): string => {
+      const key = `${own || clientOnly.length === 0} ${encoding}`;
+      let t = texts.get(key);
+      if (t === undefined) texts.set(key, (t = formatAccessLog(lineOf(own), encoding)));
       return t;
     };
+    const written = new Set<string>();
     const sent = new Set<string>();
-    for (const l of logging) {
-      if (l?.disabled) continue;
+    logging.forEach((l, i) => {
+      if (l?.disabled) return;
+      const own = i === 0;
       const encoding = l?.encoding ?? 'JSON';
-      if (!texts.has(encoding)) out.write(text(encoding));
+      // One stdout line per encoding: the reporter's where it writes one (the node's log), else the other's.
+      if (!written.has(encoding)) {
+        written.add(encoding);
+        out.write(text(own, encoding));
+      }
       if (l?.otlpEndpoint && !sent.has(`${encoding} ${l.otlpEndpoint}`)) {
         sent.add(`${encoding} ${l.otlpEndpoint}`);
-        out.otlp(l.otlpEndpoint, text(encoding), line);
+        out.otlp(l.otlpEndpoint, text(own, encoding), lineOf(own));
       }
-    }
-    out.publish(line, texts.get('JSON'));
+    });
+    out.publish(line, texts.get('true JSON'));
   };
 }
 
@@ -345,6 +363,8 @@ export interface ConnectionOpen {
    * same-node connection's destination's too, whose agent is this one and writes no other line of it.
    */
   logging?: ReadonlyArray<AccessLogging | undefined>;
+  /** Fields of `extra` only the reporter (the client) knew, left out of another workload's copy (accessLogSink). */
+  clientOnly?: readonly string[];
 }
 
 export interface ConnectionOutcome {
@@ -458,7 +478,7 @@ export class ConnectionRecord {
       duration: `${Date.now() - this.#started}ms`,
       ...(l.response_flags !== FLAG_NONE ? { response_flags: l.response_flags } : {}),
       ...(outcome.error ? { error: outcome.error } : {}),
-    }, o.logging);
+    }, o.logging, o.clientOnly);
   }
 }
 

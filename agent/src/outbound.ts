@@ -280,6 +280,8 @@ export class Outbound {
       // connection), so the destination's settings count beside the source's, each its own.
       logging: up.kind === 'local' ? [source.telemetry?.accessLogging, up.workload.telemetry?.accessLogging] : [source.telemetry?.accessLogging],
       extra: { 'dst.original': dest, via: viaOf(up) },
+      // The destination's copy is its inbound line: what the client dialled and its path are the client's.
+      ...(up.kind === 'local' ? { clientOnly: ['dst.original', 'via'] } : {}),
     };
     return new ConnectionRecord(this.#o.metrics, open, this.#o.accessLog, started);
   }

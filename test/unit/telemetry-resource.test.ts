@@ -262,6 +262,18 @@ test('a Telemetry of namespace A cannot switch off the access log of B\'s pod: a
     assert.match(two.lines[0]!, / info access connection complete /);
     assert.equal(JSON.parse(two.lines[1]!)['dst.workload'], 'db');
     assert.deepEqual(two.otlp.map(([e, t]) => [e, t.startsWith('{') ? 'JSON' : 'TEXT']), [['http://collector-a:4318/v1/logs', 'TEXT'], ['http://collector-b:4318/v1/logs', 'JSON']]);
+    // Review of branch tc: shop's copy is its inbound line; what only the client knew (the address it
+    // dialled, `dst.original`, and `via`) stays on the client's: a ztunnel's inbound line has neither.
+    const clientOnly = ['dst.original', 'via'];
+    for (const k of clientOnly) {
+      assert.equal(k in JSON.parse(two.otlp[1]![1]), false, `${k} not in shop's OTLP copy`);
+      assert.equal(k in JSON.parse(two.lines[1]!), false, `${k} not in shop's stdout line`);
+      assert.equal(k in line, false, `${k} not in the line written for shop alone`);
+    }
+    assert.match(two.otlp[0]![1], /dst\.original=/, 'evil\'s own copy keeps them');
+    const both = await connect(undefined, undefined, false);
+    assert.equal(both.lines.length, 1);
+    assert.equal('dst.original' in JSON.parse(both.lines[0]!), true, 'one line for both in one encoding: the client\'s, whole');
   } finally {
     server.close();
   }
