@@ -502,3 +502,40 @@ describe('a consumer route\'s mirror copy is judged as it is sent (`<host>-shado
     assert.equal(copies.hits, 0, 'the mirror backend got no copy');
   });
 });
+
+// A GRPCRoute consumer route takes the same route stage as an HTTPRoute one (GEP-1294 applies to
+// both kinds): what it sends is what shop's policies judge, once.
+describe('a GRPCRoute consumer route is judged as it sends', () => {
+  let b: Backend;
+  let engine: WaypointEngine;
+  let fromEvil: Listener;
+  before(async () => {
+    b = await startHttpBackend(echo('reviews'));
+    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
+    const reviews: Service = {
+      ...service('reviews', '10.96.0.10', []),
+      ports: [{ name: 'grpc', port: 80, targetPort: 80, protocol: 'TCP', appProtocol: 'http' }, { name: 'admin', port: 9090, targetPort: 9090, protocol: 'TCP', appProtocol: 'http' }],
+      endpoints: [{ ...endpoint(b.port), ports: { '80': b.port, '9090': b.port } }],
+    };
+    const consumer: Route = {
+      ...route('grpc-detour', 'reviews', [{ matches: [match({ path: { type: 'Exact', value: '/shop.Reviews/Get' } })], backends: [{ ...backend('reviews', 1, [], 'shop'), port: 9090 }] }], { kind: 'GRPCRoute' }),
+      namespace: 'evil', port: 80,
+    };
+    const deny: AuthorizationPolicy = { name: 'no-admin-port', namespace: 'shop', action: 'DENY', scope: 'service', targetServices: ['shop/reviews'], rules: [{ from: [], to: [{ ports: [9090] }], when: [], layer: 'L7' }], layer: 'L7' };
+    engine.applyConfig(config({ services: [reviews], routes: [consumer], policies: [deny] }));
+    fromEvil = await startTunnelListener(engine, '10.96.0.10:80', 'spiffe://cluster.local/ns/evil/sa/x');
+  });
+  after(async () => {
+    await fromEvil.close();
+    await engine.close();
+    await b.close();
+  });
+
+  it('a method sent to port 9090, which shop denies, is refused 403 naming the policy; the backend is not called', async () => {
+    const hits = b.hits;
+    const r = await request(fromEvil.port, { path: '/shop.Reviews/Get', method: 'POST' });
+    assert.equal(r.status, 403, r.body);
+    assert.match(r.body, /no-admin-port.*grpc-detour/s);
+    assert.equal(b.hits, hits);
+  });
+});
