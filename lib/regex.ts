@@ -29,7 +29,7 @@ export const MIN_REGEX_COST = 16;
 
 export class RegexError extends Error {
   readonly code = 'WEFT_REGEX_INVALID';
-  /** What checking the pattern is charged (RegexBudget): its estimated size when refused for it. */
+  /** What checking the pattern is charged (RegexBudget): its estimate, or what it compiled to, when refused for its size. */
   readonly cost: number;
   constructor(message: string, cost = 0) {
     super(message);
@@ -45,30 +45,45 @@ const REPEAT = /^\{(\d+)(,(\d*))?\}/;
  * (one pass, nothing compiled): Go's regexp/syntax calcSize, which RE2 and re2js apply at parse
  * time, over the text. A literal character, a class, `.`, `^`, `$` or an escape counts 1; a group
  * that captures 2 more; `x*` 2 more than x, `x+` and `x?` 1; `x{n,m}` m times x and m - n; `x{n,}`
- * n times x and 1; alternatives add up, and 1 for each `|`. Counted repeats multiply, so
- * `(?:a{1000}){1000}` is a million. It does not factor alternatives (RE2 turns `ab|ac` to `a[bc]`),
- * so it may exceed the compiled size there, never fall short of it by more than the program's
- * fixed instructions. A pattern that does not parse is estimated all the same; the compile says why.
+ * n times x and 1; alternatives add up (an empty one 1), and 1 for each `|`, except that adjacent
+ * alternatives of one character each (a literal, a class, `.`) are one class, as RE2 merges them
+ * (Go regexp/syntax swapVerticalBar): `(?:a|b|-){9}` is 9. Counted repeats multiply, so
+ * `(?:a{1000}){1000}` is a million. The program's 2 fixed instructions are added. It does not factor
+ * alternatives (RE2 turns `ab|ac` to `a[bc]`), so it may exceed the compiled size there, never fall
+ * short of it. A pattern that does not parse is estimated all the same; the compile says why.
  */
 export function estimateProgramSize(pattern: string): number {
   // A frame per open group: its finished alternatives, the one being read, its last atom (what a
   // repeat applies to), and whether it captures.
-  type Frame = { alts: number[]; cur: number; last: number; capture: boolean };
+  // `char`: whether the alternative being read is one character (of those RE2 merges into a class).
+  type Frame = { alts: { n: number; char: boolean }[]; cur: number; atoms: number; char: boolean; last: number; capture: boolean };
+  const frame = (capture: boolean): Frame => ({ alts: [], cur: 0, atoms: 0, char: false, last: 0, capture });
   const size = (f: Frame): number => {
-    const all = [...f.alts, f.cur];
-    return Math.max(1, all.reduce((a, b) => a + b, 0) + all.length - 1);
+    let total = 0;
+    let parts = 0;
+    let prevChar = false;
+    for (const a of [...f.alts, { n: f.cur, char: f.char }]) {
+      if (a.char && prevChar) continue; // merged into the class before it
+      total += Math.max(1, a.n);
+      parts++;
+      prevChar = a.char;
+    }
+    return total + parts - 1;
   };
-  const stack: Frame[] = [{ alts: [], cur: 0, last: 0, capture: false }];
-  const atom = (n: number): void => {
+  const stack: Frame[] = [frame(false)];
+  const atom = (n: number, char = false): void => {
     const f = stack.at(-1)!;
     f.cur += n;
     f.last = n;
+    f.char = f.atoms === 0 && char;
+    f.atoms++;
   };
   const repeat = (of: (s: number) => number): void => {
     const f = stack.at(-1)!;
     const n = Math.max(1, of(f.last));
     f.cur += n - f.last;
     f.last = n;
+    f.char = false;
   };
   let i = 0;
   while (i < pattern.length) {
@@ -78,14 +93,14 @@ export function estimateProgramSize(pattern: string): number {
       if (e === 'Q') {
         const end = pattern.indexOf('\\E', i + 2);
         const text = end < 0 ? pattern.slice(i + 2) : pattern.slice(i + 2, end);
-        for (const _ of text) atom(1);
+        for (const _ of text) atom(1, true);
         i = end < 0 ? pattern.length : end + 2;
         continue;
       }
       // \p{Greek}, \x{10FFFF}: one atom to the brace's end; any other escape, its next character.
       const brace = (e === 'p' || e === 'P' || e === 'x') && pattern[i + 2] === '{' ? pattern.indexOf('}', i + 3) : -1;
       i = brace >= 0 ? brace + 1 : i + 2 + (e === 'p' || e === 'P' ? 1 : e === 'x' ? 2 : 0);
-      atom(1);
+      atom(1, e !== undefined && !'bBAzC'.includes(e)); // \b \B \A \z match no character; \C is refused
       continue;
     }
     if (c === '[') {
@@ -101,7 +116,7 @@ export function estimateProgramSize(pattern: string): number {
         } else j++;
       }
       i = j + 1;
-      atom(1);
+      atom(1, true);
       continue;
     }
     if (c === '(') {
@@ -119,7 +134,7 @@ export function estimateProgramSize(pattern: string): number {
           i = end < 0 ? pattern.length : end + 1;
         } else i += pattern[i + 2] === '<' ? 4 : 3; // a look-around: 2 more, as a capture (re2js's PLB, NLB)
       } else i++;
-      stack.push({ alts: [], cur: 0, last: 0, capture });
+      stack.push(frame(capture));
       continue;
     }
     if (c === ')') {
@@ -131,8 +146,10 @@ export function estimateProgramSize(pattern: string): number {
     }
     if (c === '|') {
       const f = stack.at(-1)!;
-      f.alts.push(f.cur);
+      f.alts.push({ n: f.cur, char: f.char });
       f.cur = 0;
+      f.atoms = 0;
+      f.char = false;
       f.last = 0;
       i++;
       continue;
@@ -154,13 +171,13 @@ export function estimateProgramSize(pattern: string): number {
     }
     // A literal, `.`, `^`, `$` (a surrogate pair is one character).
     i += c.codePointAt(0)! > 0xffff ? 2 : 1;
-    atom(1);
+    atom(1, c !== '^' && c !== '$');
   }
   while (stack.length > 1) {
     const f = stack.pop()!;
     atom(size(f) + (f.capture ? 2 : 0));
   }
-  return size(stack[0]!);
+  return size(stack[0]!) + 2;
 }
 
 /** A compiled full-string matcher (RE2 anchoring, as Envoy applies route regexes). */
@@ -180,14 +197,25 @@ export function compileFullMatch(pattern: string, maxInput = MAX_REGEX_INPUT_LEN
 /** What this process compiled (patterns, RE2 instructions): what a test counts a check by, not its time. */
 export const regexCompiled = { patterns: 0, instructions: 0 };
 
-/** `pattern` compiled, with its size in RE2 instructions; throws RegexError saying why RE2 cannot take it. */
-function compileProgram(pattern: string): { re: RE2JS; size: number } {
+/**
+ * An estimate past this many times MAX_REGEX_PROGRAM_SIZE is refused uncompiled; one below it is
+ * compiled and judged by its compiled size (the estimate is an upper bound, loose where RE2 factors
+ * alternatives), at a cost bounded by the estimate.
+ */
+const ESTIMATE_SLACK = 4;
+
+/**
+ * `pattern` compiled, with its size in RE2 instructions and what checking it is charged (the larger
+ * of its estimate and its compiled size); throws RegexError saying why RE2 cannot take it, with
+ * what it was charged.
+ */
+function compileProgram(pattern: string): { re: RE2JS; size: number; cost: number } {
   if (typeof pattern !== 'string') throw new RegexError('is not a string');
   if (pattern.length > MAX_REGEX_LENGTH) throw new RegexError(`is ${pattern.length} characters long; the limit is ${MAX_REGEX_LENGTH}`);
   // Refused before the compile, which costs what the program holds (about 0.6 us an instruction:
   // 57 ms for `[a-z]{1000}` x 92), where this estimate costs one pass over the characters.
   const estimate = estimateProgramSize(pattern);
-  if (estimate > MAX_REGEX_PROGRAM_SIZE) throw new RegexError(`is estimated at ${estimate} RE2 instructions; the limit is ${MAX_REGEX_PROGRAM_SIZE}`, estimate);
+  if (estimate > ESTIMATE_SLACK * MAX_REGEX_PROGRAM_SIZE) throw new RegexError(`is estimated at ${estimate} RE2 instructions; the limit is ${MAX_REGEX_PROGRAM_SIZE}`, estimate);
   let re: RE2JS;
   try {
     re = RE2JS.compile(pattern);
@@ -197,8 +225,9 @@ function compileProgram(pattern: string): { re: RE2JS; size: number } {
   const size = Number(re.re2().numberOfInstructions());
   regexCompiled.patterns++;
   regexCompiled.instructions += size;
-  if (size > MAX_REGEX_PROGRAM_SIZE) throw new RegexError(`compiles to ${size} RE2 instructions; the limit is ${MAX_REGEX_PROGRAM_SIZE}`);
-  return { re, size };
+  const cost = Math.max(estimate, size);
+  if (size > MAX_REGEX_PROGRAM_SIZE) throw new RegexError(`compiles to ${size} RE2 instructions; the limit is ${MAX_REGEX_PROGRAM_SIZE}`, cost);
+  return { re, size, cost };
 }
 
 /**
@@ -254,7 +283,7 @@ export class RegexBudget {
     this.#left = cost;
   }
 
-  /** Charges a pattern of `size` instructions (compiled, or estimated when refused for its size). */
+  /** Charges a pattern of `size` instructions (the larger of its estimate and what it compiled to). */
   charge(size: number): void {
     this.#left -= Math.max(size, MIN_REGEX_COST);
   }
@@ -273,8 +302,8 @@ export function escapeRegex(s: string): string {
 export function regexProblem(pattern: string, budget?: RegexBudget): string | undefined {
   if (budget?.spent) return `is past the budget of ${MAX_OBJECT_REGEX_COST} RE2 instructions that one object's patterns may compile to (at least ${MIN_REGEX_COST} a pattern), reached by the patterns before it; it is not compiled`;
   try {
-    const { size } = compileProgram(pattern); // not in `budget?.charge(...)`, which skips it without a budget
-    budget?.charge(size);
+    const { cost } = compileProgram(pattern); // not in `budget?.charge(...)`, which skips it without a budget
+    budget?.charge(cost);
     return undefined;
   } catch (e) {
     budget?.charge(e instanceof RegexError ? e.cost : 0);

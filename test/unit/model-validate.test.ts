@@ -504,7 +504,45 @@ test('a pattern past the program size is refused from its estimate, never compil
     assert.equal(regexProblem(p), undefined, p);
     const size = regexCompiled.instructions - before;
     const est = estimateProgramSize(p);
-    assert.ok(est + 8 >= size && est <= size * 2 + 8, `${p}: estimated ${est}, compiled ${size}`);
+    assert.ok(est >= size && est <= size * 2 + 8, `${p}: estimated ${est}, compiled ${size}`);
+  }
+});
+
+// The attack (second review of branch tc): a pattern estimated within MAX_REGEX_PROGRAM_SIZE was
+// compiled in full; one that then compiled past it was refused, charged only MIN_REGEX_COST. The
+// estimate left out RE2's 2 fixed instructions (`a{1000}b{1000}`: estimated 2,000, compiled 2,002)
+// and counted an empty alternative as nothing (`(?:a|){1000}`: 2,000, compiled 3,002), so one
+// HTTPRoute of 64 matches x 16 such headers compiled 2,002,000 instructions (4 s). Now a pattern
+// refused after its compile is charged what it compiled, and the estimate counts both.
+test('a pattern refused after its compile is charged its compiled size: a route of 1,024 patterns just past the limit is bounded by the object\'s budget', async () => {
+  const { regexCompiled, MAX_OBJECT_REGEX_COST, MAX_REGEX_PROGRAM_SIZE } = await import('../../lib/regex.ts');
+  for (const pat of ['a{1000}b{1000}', '(?:a|){1000}']) {
+    const matches = Array.from({ length: 64 }, () => ({ headers: Array.from({ length: 16 }, (_, h) => ({ type: 'RegularExpression', name: `x-h${h}`, value: pat })) }));
+    const route = {
+      apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'costly', namespace: 'evil' },
+      spec: { parentRefs: [{ group: '', kind: 'Service', name: 'reviews', namespace: 'shop' }], rules: [{ matches, backendRefs: [{ name: 'reviews', namespace: 'shop', port: 80 }] }] },
+    };
+    const before = regexCompiled.instructions;
+    const issues = validateObject(route);
+    const compiled = regexCompiled.instructions - before;
+    assert.match(issues[0]!.path, /^spec\.rules\[0\]\.matches\[0\]\.headers\[0\]\.value$/, pat);
+    assert.match(issues[0]!.message, new RegExp(`RE2 instructions; the limit is ${MAX_REGEX_PROGRAM_SIZE}`), pat);
+    assert.match(issues.at(-1)!.message, /past the budget/, pat);
+    assert.ok(compiled <= MAX_OBJECT_REGEX_COST + 4 * MAX_REGEX_PROGRAM_SIZE, `${pat}: ${compiled} RE2 instructions compiled`);
+  }
+});
+
+// Second review of branch tc: the estimate summed alternatives, where RE2 merges an alternation of
+// single characters into one class (Go regexp/syntax parse.go, cleanAlt / mergeCharClass), so
+// patterns accepted before the estimate (a DNS label, a set of letters) were refused: a route
+// valid before an upgrade became Invalid after it. They are accepted, charged what they compile to.
+test('an alternation of single characters is estimated as one class: patterns accepted before the estimate still are', async () => {
+  const { regexProblem, regexCompiled, estimateProgramSize } = await import('../../lib/regex.ts');
+  for (const [p, size] of [['/(?:[a-z0-9]|-|_|\\.){1,253}', 508], ['(?:a|b|c|d|e|f){1,300}', 601], ['(?:\\p{L}|\\p{N}|\\p{P}|\\p{S}|\\p{M}){400}', 402]] as const) {
+    const before = regexCompiled.instructions;
+    assert.equal(regexProblem(p), undefined, p);
+    assert.equal(regexCompiled.instructions - before, size, `${p} compiles to ${size}`);
+    assert.ok(estimateProgramSize(p) >= size && estimateProgramSize(p) <= size + 8, `${p}: estimated ${estimateProgramSize(p)}`);
   }
 });
 
