@@ -53,9 +53,9 @@ test('agentHolds answers exactly as agentView, for every resource type and node'
 
 test('waypointHolds answers exactly as waypointView, for every resource type and namespace', () => {
   const store = new ObjectStore();
-  const route = (namespace: string, name: string, parent: string, backends: Array<{ name: string; namespace?: string }>) => ({
+  const route = (namespace: string, name: string, parent: string, backends: Array<{ name: string; namespace?: string }>, parentNamespace?: string) => ({
     apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name, namespace },
-    spec: { parentRefs: [{ group: '', kind: 'Service', name: parent }], rules: [{ backendRefs: backends.map((b) => ({ ...b, port: 80 })) }] },
+    spec: { parentRefs: [{ group: '', kind: 'Service', name: parent, ...(parentNamespace ? { namespace: parentNamespace } : {}) }], rules: [{ backendRefs: backends.map((b) => ({ ...b, port: 80 })) }] },
   });
   const objects: object[] = [
     ns('shop', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'waypoint' }),
@@ -69,12 +69,16 @@ test('waypointHolds answers exactly as waypointView, for every resource type and
     svc('shop', 'ratings', { app: 'ratings' }, '10.96.0.21'),
     svc('web', 'front', { app: 'front' }, '10.96.0.22'),
     svc('web', 'other', { app: 'other' }, '10.96.0.23'),
+    svc('web', 'api', { app: 'api' }, '10.96.0.24'),
     // A route of shop's sending to a Service of web's: shop's waypoint sees web/front, not web/other.
     { apiVersion: 'gateway.networking.k8s.io/v1beta1', kind: 'ReferenceGrant', metadata: { name: 'shop', namespace: 'web' }, spec: { from: [{ group: 'gateway.networking.k8s.io', kind: 'HTTPRoute', namespace: 'shop' }], to: [{ group: '', kind: 'Service' }] } },
     route('shop', 'reviews', 'reviews', [{ name: 'reviews' }, { name: 'front', namespace: 'web' }]),
+    // web's consumer route for shop/ratings (served by shop's waypoint), sending to web/api.
+    route('web', 'ratings-to-api', 'ratings', [{ name: 'api' }], 'shop'),
     authz('shop', 'reviews-only', { targetRefs: [{ group: '', kind: 'Service', name: 'reviews' }], rules: [{ from: [{ source: { principals: ['cluster.local/ns/web/sa/front'] } }] }] }),
     authz('weft-system', 'mesh-wide', { action: 'DENY', rules: [{ to: [{ operation: { ports: ['9999'] } }] }] }),
     authz('web', 'front-admin', { action: 'DENY', targetRefs: [{ group: '', kind: 'Service', name: 'front' }], rules: [{ to: [{ operation: { paths: ['/admin'] } }] }] }),
+    authz('web', 'api-admin', { action: 'DENY', targetRefs: [{ group: '', kind: 'Service', name: 'api' }], rules: [{ to: [{ operation: { paths: ['/admin'] } }] }] }),
     authz('web', 'other-admin', { action: 'DENY', targetRefs: [{ group: '', kind: 'Service', name: 'other' }], rules: [{ to: [{ operation: { paths: ['/admin'] } }] }] }),
     authz('weft-system', 'every-waypoint', { targetRefs: [{ group: 'gateway.networking.k8s.io', kind: 'GatewayClass', name: 'istio-waypoint' }], action: 'DENY', rules: [{ to: [{ operation: { paths: ['/debug*'] } }] }] }),
     { apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'strict', namespace: 'shop' }, spec: { mtls: { mode: 'STRICT' } } },
@@ -99,10 +103,15 @@ test('waypointHolds answers exactly as waypointView, for every resource type and
   // root-namespace GatewayClass target; a mesh-wide policy without targetRefs is the agents'.
   assert.ok(waypointHolds(ix, 'shop', 'AuthorizationPolicy', 'weft-system/every-waypoint'), 'a GatewayClass target reaches the waypoints');
   assert.ok(waypointHolds(ix, 'shop', 'AuthorizationPolicy', 'shop/reviews-only'));
-  // Review of branch tc, finding 7: a request a route sends to a Service of another namespace is
-  // judged at this waypoint by that Service's policies (a consumer route's, as sent); they were not
-  // sent here, so the check found none and allowed. A route backend's targetRef policies are sent.
-  assert.ok(waypointHolds(ix, 'shop', 'AuthorizationPolicy', 'web/front-admin'), 'the policy of a route backend of another namespace (before: not sent)');
+  // Review of branch tc, finding 7: a request a consumer route sends to a Service of another
+  // namespace is judged at this waypoint by that Service's policies, as sent; they were not sent
+  // here, so the check found none and allowed. A consumer route backend's targetRef policies are sent.
+  assert.ok(waypointHolds(ix, 'shop', 'AuthorizationPolicy', 'web/api-admin'), 'the policy of a consumer route backend of another namespace (before: not sent)');
+  // Second review of branch tc: a producer-routed request is judged as addressed (proxy.ts
+  // authorize), so its backends' policies are never evaluated here; they were sent all the same,
+  // another namespace's policy contents read by this waypoint's namespace for nothing.
+  assert.ok(!waypointHolds(ix, 'shop', 'AuthorizationPolicy', 'web/front-admin'), 'not that of a producer route\'s backend (before: sent)');
+  assert.ok(waypointHolds(ix, 'shop', 'Service', 'web/front'), 'the producer route\'s backend Service is still sent, to send to it');
   assert.ok(!waypointHolds(ix, 'shop', 'AuthorizationPolicy', 'web/other-admin'), 'not that of a Service no route sends to');
   assert.ok(!waypointHolds(ix, 'shop', 'AuthorizationPolicy', 'weft-system/mesh-wide') && !waypointHolds(ix, 'web', 'AuthorizationPolicy', 'weft-system/mesh-wide'), 'a mesh-wide policy without targetRefs reaches no waypoint');
   assert.equal([...all.AddressOwner.keys()].filter((k) => waypointHolds(ix, 'web', 'AddressOwner', k)).length, 3, 'every workload address, enrolled or not');

@@ -8,7 +8,7 @@
 // namespace: use-waypoint-namespace, allowed by the Waypoint), their routes, traffic policies and
 // targetRefs policies (plus the services its routes send to, but those refused for want of a ReferenceGrant), its namespace's waypoints, and the address-owner table (who holds each client address: any
 // workload may call it, so every address), not the workloads themselves.
-import { foreignWaypointNamespace, policySelectsWorkload, waypointTargets, type AuthorizationPolicy, type MeshModel, type RequestAuthentication, type RouteBackend, type Service, type Workload } from '../../../lib/model/mesh.ts';
+import { foreignWaypointNamespace, isConsumerRoute, policySelectsWorkload, waypointTargets, type AuthorizationPolicy, type MeshModel, type RequestAuthentication, type Route, type RouteBackend, type Service, type Workload } from '../../../lib/model/mesh.ts';
 import type { ResourceType } from '../../../lib/xds/protocol.ts';
 import type { AddressOwner } from '../../../lib/model/mesh.ts';
 import { routeKey } from '../compile.ts';
@@ -37,6 +37,8 @@ export interface ViewIndex {
   addressOwners: ReadonlyMap<string, AddressOwner>;
   /** Per namespace, the Services its routes send to (built when a waypoint first asks). */
   routeBackends?: Map<string, Set<string>>;
+  /** Per namespace, the other Services its consumer routes send to (built when a waypoint first asks). */
+  consumerBackends?: Map<string, Set<string>>;
   /** Per namespace, the other namespaces' Services bound to a waypoint of it (built when a waypoint first asks). */
   foreignServed?: Map<string, Set<string>>;
 }
@@ -213,12 +215,14 @@ function waypointApplies(ix: ViewIndex, p: AuthorizationPolicy | RequestAuthenti
 
 /**
  * The AuthorizationPolicies the waypoint of `namespace` judges with: those it applies
- * (waypointApplies), and those attached by targetRefs to a Service its routes send to in another
- * namespace (routeBackendsOf; a ReferenceGrant given): a request a consumer route matched is judged
- * as sent, by the policies of where it goes, and without them it found none there and was allowed.
+ * (waypointApplies), and those attached by targetRefs to a Service its consumer routes send to that
+ * it does not serve (consumerBackendsOf): a request a consumer route matched is judged as sent, by
+ * the policies of where it goes, and without them it found none there and was allowed. Not a
+ * producer route's backends: that request is judged as addressed (waypoint proxy.ts authorize), and
+ * another namespace's policies are nothing for this one to read unless it evaluates them.
  */
 function waypointJudgesWith(ix: ViewIndex, p: AuthorizationPolicy, namespace: string): boolean {
-  return waypointApplies(ix, p, namespace) || waypointTargets(p).some((s) => routeBackendsOf(ix, namespace).has(s));
+  return waypointApplies(ix, p, namespace) || waypointTargets(p).some((s) => consumerBackendsOf(ix, namespace).has(s));
 }
 
 /** Does a waypoint of `namespace` serve Service `svcKey`: one of its namespace, or another's bound to it. */
@@ -349,14 +353,29 @@ function foreignServedOf(ix: ViewIndex, namespace: string): ReadonlySet<string> 
  */
 function routeBackendsOf(ix: ViewIndex, namespace: string): ReadonlySet<string> {
   ix.routeBackends ??= new Map();
-  let names = ix.routeBackends.get(namespace);
+  return backendsOf(ix, ix.routeBackends, namespace, () => true);
+}
+
+/** Of routeBackendsOf, those of consumer routes (isConsumerRoute), less the Services the waypoint serves. */
+function consumerBackendsOf(ix: ViewIndex, namespace: string): ReadonlySet<string> {
+  ix.consumerBackends ??= new Map();
+  const cached = ix.consumerBackends.get(namespace);
+  if (cached) return cached;
+  const names = backendsOf(ix, ix.consumerBackends, namespace, isConsumerRoute);
+  for (const s of names) if (serves(ix, namespace, s)) names.delete(s);
+  return names;
+}
+
+/** The Services that the routes `pick` chooses of those a waypoint of `namespace` applies send to, cached in `cache`. */
+function backendsOf(ix: ViewIndex, cache: Map<string, Set<string>>, namespace: string, pick: (r: Route) => boolean): Set<string> {
+  let names = cache.get(namespace);
   if (names) return names;
   names = new Set();
   const add = (b: RouteBackend): void => {
     if (b.refused === undefined) names!.add(b.service);
   };
   for (const r of ix.model.routes.values()) {
-    if (!serves(ix, namespace, r.service)) continue;
+    if (!serves(ix, namespace, r.service) || !pick(r)) continue;
     for (const rule of r.rules) {
       for (const b of rule.backends) {
         add(b);
@@ -365,7 +384,7 @@ function routeBackendsOf(ix: ViewIndex, namespace: string): ReadonlySet<string> 
       for (const f of rule.filters) if (f.type === 'RequestMirror') add(f.backend);
     }
   }
-  ix.routeBackends.set(namespace, names);
+  cache.set(namespace, names);
   return names;
 }
 
