@@ -32,7 +32,7 @@ export type AccessLogging = TelemetrySettings['accessLogging'];
  * Receives one access-log entry (the agent adds time, type and node) with the access-log settings
  * of each workload whose line it is (none given: the defaults).
  */
-export type AccessLogSink = (entry: Record<string, unknown>, logging?: ReadonlyArray<AccessLogging | undefined>, clientOnly?: readonly string[]) => void;
+export type AccessLogSink = (entry: Record<string, unknown>, logging?: ReadonlyArray<AccessLogging | undefined>, theirs?: Record<string, unknown>) => void;
 
 /** Where the agent's access-log lines go: stdout, a Telemetry's OTLP endpoint, and /flows. */
 export interface AccessLogOutputs {
@@ -54,22 +54,18 @@ export interface AccessLogOutputs {
  * namespace's, perhaps) cannot take away.
  */
 export function accessLogSink(out: AccessLogOutputs): AccessLogSink {
-  return (entry, logging = [undefined], clientOnly = []) => {
+  return (entry, logging = [undefined], theirs) => {
     const line = { time: new Date().toISOString(), type: 'access', node: out.node, ...entry };
-    // The first settings are the reporter's, whose copy is whole; another workload's copy (a
-    // same-node destination's inbound line) leaves out what only the client knew (`clientOnly`).
+    // The first settings are the reporter's, whose copy is `entry`; another workload's copy is
+    // `theirs` where given (a same-node destination's inbound line: ConnectionRecord).
     let inbound: Record<string, unknown> | undefined;
     const lineOf = (own: boolean): Record<string, unknown> => {
-      if (own || clientOnly.length === 0) return line;
-      if (!inbound) {
-        inbound = { ...line };
-        for (const k of clientOnly) delete inbound[k];
-      }
-      return inbound;
+      if (own || !theirs) return line;
+      return (inbound ??= { time: line.time, type: line.type, node: line.node, ...theirs });
     };
     const texts = new Map<string, string>();
     const text = (own: boolean, encoding: 'JSON' | 'TEXT'): string => {
-      const key = `${own || clientOnly.length === 0} ${encoding}`;
+      const key = `${own || !theirs} ${encoding}`;
       let t = texts.get(key);
       if (t === undefined) texts.set(key, (t = formatAccessLog(lineOf(own), encoding)));
       return t;
@@ -363,7 +359,11 @@ export interface ConnectionOpen {
    * same-node connection's destination's too, whose agent is this one and writes no other line of it.
    */
   logging?: ReadonlyArray<AccessLogging | undefined>;
-  /** Fields of `extra` only the reporter (the client) knew, left out of another workload's copy (accessLogSink). */
+  /**
+   * Given (a same-node connection), the line is the destination's inbound line as well: its copy
+   * (accessLogSink) says direction "inbound", counts bytes as the destination does, and leaves out
+   * these fields of `extra`, which only the reporter (the client) knew.
+   */
   clientOnly?: readonly string[];
 }
 
@@ -454,7 +454,7 @@ export class ConnectionRecord {
     const known = (v: string) => (v === 'unknown' ? undefined : v);
     const outbound = o.reporter === 'source';
     // Keys as ztunnel writes them (src.*, dst.*, direction, bytes_sent, bytes_recv, duration, error).
-    this.#log({
+    const entry: Record<string, unknown> = {
       msg: 'connection complete',
       'src.addr': o.srcAddr,
       'src.workload': o.srcPod ?? known(l.source_workload),
@@ -478,7 +478,13 @@ export class ConnectionRecord {
       duration: `${Date.now() - this.#started}ms`,
       ...(l.response_flags !== FLAG_NONE ? { response_flags: l.response_flags } : {}),
       ...(outcome.error ? { error: outcome.error } : {}),
-    }, o.logging, o.clientOnly);
+    };
+    let theirs: Record<string, unknown> | undefined;
+    if (o.clientOnly) {
+      theirs = { ...entry, direction: 'inbound', bytes_sent: entry.bytes_recv, bytes_recv: entry.bytes_sent };
+      for (const k of o.clientOnly) delete theirs[k];
+    }
+    this.#log(entry, o.logging, theirs);
   }
 }
 

@@ -271,6 +271,15 @@ test('a Telemetry of namespace A cannot switch off the access log of B\'s pod: a
       assert.equal(k in line, false, `${k} not in the line written for shop alone`);
     }
     assert.match(two.otlp[0]![1], /dst\.original=/, 'evil\'s own copy keeps them');
+    // Second review of branch tc: shop's copy is its inbound line (docs/OBSERVABILITY.md), so it says
+    // so, with the bytes as shop counts them (ztunnel's inbound line); it said "outbound".
+    const theirs = JSON.parse(two.lines[1]!);
+    const ours = JSON.parse(two.otlp[1]![1]);
+    assert.equal(theirs.direction, 'inbound', 'shop\'s stdout line (before: outbound)');
+    assert.equal(ours.direction, 'inbound', 'shop\'s OTLP copy');
+    assert.equal(line.direction, 'inbound', 'the line written for shop alone');
+    assert.match(two.otlp[0]![1], /direction=outbound/, 'evil\'s copy is its outbound line');
+    assert.equal(line.bytes_recv, 5, 'shop received the client\'s 5 bytes');
     const both = await connect(undefined, undefined, false);
     assert.equal(both.lines.length, 1);
     assert.equal('dst.original' in JSON.parse(both.lines[0]!), true, 'one line for both in one encoding: the client\'s, whole');
