@@ -183,6 +183,10 @@ export class Agent {
   #listenerFailed = new Map<string, string>();
   /** Those pods' listeners, each tried again on its own timer (nothing else is redone). */
   readonly #listenerRetry = new KeyedRetry<string>(LISTENER_RETRY);
+  /** Uid → why that pod's enrolment (or its update) failed, and whether an older enrolment of it stands (logged once per reason). */
+  #enrolFailed = new Map<string, { reason: string; stale: boolean }>();
+  /** Those pods' enrolments, each tried again on its own timer. */
+  readonly #enrolRetry = new KeyedRetry<string>(LISTENER_RETRY);
   #cni: CniServer | undefined;
   /** Called after every config is applied (CNI ADDs waiting for their pod). */
   #configWaiters = new Set<() => void>();
@@ -494,6 +498,8 @@ export class Agent {
     const localUids = new Set(this.state.localWorkloads().map((w) => w.uid));
     for (const uid of this.#cniRemoved) if (!localUids.has(uid)) this.#cniRemoved.delete(uid);
     for (const uid of this.#enrolRefused.keys()) if (!localUids.has(uid)) this.#enrolRefused.delete(uid);
+    const wantedUids = new Set(wanted.map((w) => w.uid));
+    for (const uid of [...this.#enrolFailed.keys()]) if (!wantedUids.has(uid)) this.#enrolSucceeded(uid);
     const plan = planEnrolment(wanted, this.#cniNetns, (ips) => this.resolver.resolve(ips), this.#cniRemoved);
     for (const w of plan.missing) {
       const cookie = this.#enrolled.get(w.ip);
@@ -501,21 +507,8 @@ export class Agent {
     }
     for (const { workload: w, ns } of plan.enrol) {
       this.#enrolRefused.delete(w.uid);
-      try {
-        keep.add(this.#enrollPod(w, ns));
-      } catch (err) {
-        const reason = (err as { code?: string }).code ?? 'error';
-        this.metrics.enrolmentFailures.inc({ reason });
-        // An enrolled pod whose update fails (a map full, say) keeps what it had: unenrolling it
-        // would leave its plaintext unjudged (fail open).
-        const cookie = this.#enrolled.get(w.ip);
-        if (cookie !== undefined) {
-          keep.add(cookie);
-          this.log.warn('cannot enrol pod again; its enrolment stays as it was', { pod: `${w.namespace}/${w.name}`, ip: w.ip, reason, error: (err as Error).message });
-        } else {
-          this.log.warn('cannot enrol pod', { pod: `${w.namespace}/${w.name}`, ip: w.ip, reason, error: (err as Error).message });
-        }
-      }
+      const cookie = this.#enrolOne(w, ns);
+      if (cookie !== undefined) keep.add(cookie);
     }
     for (const { workload: w, reason, holder } of plan.refused) {
       // The address's namespace stays with the pod the CNI plugin enrolled there, if any.
@@ -572,16 +565,76 @@ export class Agent {
     if (this.#listenerFailed.delete(w.ip)) this.log.info('plaintext listener opened in a pod', { pod: `${w.namespace}/${w.name}`, ip: w.ip });
   }
 
-  /** Enrols one local workload in the netns given; returns its netns cookie. Throws what enroll() throws. */
-  #enrollPod(w: Workload, ns: PodNetns): bigint {
-    const portModes = Object.fromEntries(Object.entries(w.portModes ?? {}).map(([p, m]) => [Number(p), m]));
-    const pod = this.datapath.enroll({ netnsPath: ns.path, podIp: w.ip, mode: w.mode, portModes, agentIp: this.o.nodeIp, agentPort: this.#ports.outbound, ifname: ns.ifname });
+  /**
+   * Enrols (or updates) one pod; returns the cookie of the enrolment it has afterwards, if any.
+   * An update that throws (weft_port_modes full, say) leaves the enrolment the pod's netns already
+   * has, found by its netns cookie among the pinned enrolments (a restarted agent's predecessor
+   * made it, or this agent; never by address, which may be a deleted pod's): unenrolling it would
+   * leave the pod's plaintext unjudged. The failure is counted, logged once per pod and reason,
+   * counted in weft_pods_enrolment_stale while an old enrolment stands, and this pod alone is
+   * tried again on its own timer (ENROL_FAILED_RETRY).
+   */
+  #enrolOne(w: Workload, ns: PodNetns): bigint | undefined {
+    try {
+      const cookie = this.#enrollPod(w, ns);
+      this.#enrolSucceeded(w.uid, w);
+      return cookie;
+    } catch (err) {
+      const reason = (err as { code?: string }).code ?? 'error';
+      this.metrics.enrolmentFailures.inc({ reason });
+      let own: bigint | undefined;
+      try {
+        own = netnsCookie(ns.path);
+      } catch {
+        /* the pod's namespace is gone: nothing of it to keep */
+      }
+      const held = own !== undefined && this.datapath.pods().some((p) => p.netnsCookie === own) ? own : undefined;
+      if (held !== undefined) this.#adoptEnrolment(w, ns, held);
+      const before = this.#enrolFailed.get(w.uid);
+      if (before?.reason !== reason || before.stale !== (held !== undefined)) {
+        const fields = { pod: `${w.namespace}/${w.name}`, ip: w.ip, reason, error: (err as Error).message, detail: 'tried again after 1 s, doubling to 30 s' };
+        if (held !== undefined) this.log.warn('cannot enrol pod again; its enrolment stays as it was', { ...fields, netnsCookie: held.toString() });
+        else this.log.warn('cannot enrol pod', fields);
+      }
+      this.#enrolFailed.set(w.uid, { reason, stale: held !== undefined });
+      this.#setStaleGauge();
+      this.#enrolRetry.failed(w.uid, () => {
+        if (this.#stopped) return;
+        const now = this.state.localWorkloads().find((l) => l.uid === w.uid && l.enrolled && l.ip === w.ip);
+        if (now) this.#enrolOne(now, ns);
+        else this.#enrolSucceeded(w.uid);
+      });
+      return held;
+    }
+  }
+
+  /** `uid` is enrolled as its config says, or no longer wanted: no more retries, not stale. */
+  #enrolSucceeded(uid: string, w?: Workload): void {
+    this.#enrolRetry.succeeded(uid);
+    if (!this.#enrolFailed.delete(uid)) return;
+    this.#setStaleGauge();
+    if (w) this.log.info('pod enrolled again as its config says', { pod: `${w.namespace}/${w.name}`, ip: w.ip });
+  }
+
+  #setStaleGauge(): void {
+    this.metrics.podsEnrolmentStale.set([...this.#enrolFailed.values()].filter((f) => f.stale).length);
+  }
+
+  /** The agent takes on enrolment `cookie`, which the datapath holds for pod `w` in `ns`: it serves the pod from now on. */
+  #adoptEnrolment(w: Workload, ns: PodNetns, cookie: bigint): void {
     this.state.podEnrolled(w.ip, w.uid);
     this.delivery.podEnrolled(w.ip, ns.path);
     // Plaintext into the pod is steered here from now on; without a listener it is refused.
     this.#openPlaintext(w, ns);
+    this.#recordEnrolled(w.ip, cookie);
+  }
+
+  /** Enrols one local workload in the netns given; returns its netns cookie. Throws what enroll() throws. */
+  #enrollPod(w: Workload, ns: PodNetns): bigint {
+    const portModes = Object.fromEntries(Object.entries(w.portModes ?? {}).map(([p, m]) => [Number(p), m]));
+    const pod = this.datapath.enroll({ netnsPath: ns.path, podIp: w.ip, mode: w.mode, portModes, agentIp: this.o.nodeIp, agentPort: this.#ports.outbound, ifname: ns.ifname });
     if (this.#enrolled.get(w.ip) !== pod.netnsCookie) this.log.info('pod enrolled', { pod: `${w.namespace}/${w.name}`, ip: w.ip, mode: w.mode, portModes, netns: ns.path });
-    this.#recordEnrolled(w.ip, pod.netnsCookie);
+    this.#adoptEnrolment(w, ns, pod.netnsCookie);
     return pod.netnsCookie;
   }
 
@@ -742,6 +795,7 @@ export class Agent {
     this.#stopped = true;
     clearTimeout(this.#retry);
     this.#listenerRetry.clear();
+    this.#enrolRetry.clear();
     this.#memory?.stop();
     this.configStream?.close();
     void this.#cni?.close();

@@ -120,6 +120,7 @@ export class AgentMetrics {
   readonly enrolmentRefused: Counter<'reason'>;
   readonly plaintextListenerFailures: Counter<'reason'>;
   readonly enrolmentFailures: Counter<'reason'>;
+  readonly podsEnrolmentStale: Gauge;
   /** weft_authz_dry_run_total: each shadow engine's verdict on a connection (lib/policy/authz.ts dryRunOf). */
   readonly dryRun: Counter<(typeof DRY_RUN_METRIC.labelNames)[number]>;
   /** weft_node_certificate_renewals_total{reason}: agent/src/config-stream.ts NodeRenewalReason. */
@@ -181,6 +182,11 @@ export class AgentMetrics {
       name: 'weft_pod_enrolment_failures_total',
       help: 'Enrolments (or updates of one) of a local pod in the datapath that failed, by error code; a pod already enrolled keeps its enrolment as it was',
       labelNames: ['reason'],
+      registers,
+    });
+    this.podsEnrolmentStale = new Gauge({
+      name: 'weft_pods_enrolment_stale',
+      help: 'Local pods whose enrolment could not be updated to what the config says and run with the enrolment they had (their plaintext still judged, by the old modes); each is tried again on its own timer',
       registers,
     });
     registerProcessMetrics(this.registry, 'agent');

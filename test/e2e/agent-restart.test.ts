@@ -251,22 +251,35 @@ test('PERMISSIVE: while a pod process holds the agent\'s plaintext listener addr
   }
 });
 
-test('a pod whose enrolment cannot be updated (weft_port_modes full: a portLevelMtls of 16,385 ports) keeps the enrolment it had, counted and logged, instead of being unenrolled (its plaintext unjudged)', async () => {
+test('a pod whose enrolment cannot be updated (weft_port_modes full: a portLevelMtls of 16,385 ports) by a restarted agent keeps the enrolment the previous agent made, found by its netns cookie, counted (weft_pod_enrolment_failures_total, weft_pods_enrolment_stale) and logged once, instead of being unenrolled (its plaintext unjudged); it is enrolled as its config says once the config allows', async () => {
   const ip = mesh.workloads.get('relaxed/open')!.pod.ip;
   const enrolled = async () => (await mesh.agentAdmin<{ pods: Array<{ podIp: string }> }>('node1', '/bpf')).pods.some((p) => p.podIp === ip);
+  const again = () => mesh.logEntries('agent-node1.log', 'cannot enrol pod again; its enrolment stays as it was').filter((e) => e.ip === ip).length;
+  const stale = async () => Number(/^weft_pods_enrolment_stale (\d+)/m.exec(await mesh.agentMetrics('node1'))?.[1] ?? -1);
   assert.ok(await enrolled());
+  const againBefore = again();
+  const failedBefore = mesh.logEntries('agent-node1.log', 'cannot enrol pod').filter((e) => e.ip === ip).length;
   // One more port than the map holds (WEFT_MAX_PORT_MODES), each STRICT where the pod is PERMISSIVE.
   const portLevelMtls = Object.fromEntries(Array.from({ length: 16_385 }, (_, i) => [String(20_000 + i), { mode: 'STRICT' }]));
   try {
+    // The agent that starts knows nothing of the pod but what the pinned datapath holds.
+    await mesh.killAgent('node1');
     mesh.writeConfig('30-port-hog.yaml', [{ apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'hog', namespace: 'relaxed' }, spec: { selector: { matchLabels: { app: 'open' } }, mtls: { mode: 'PERMISSIVE' }, portLevelMtls } }]);
-    await until('the agent tried to enrol the pod again and failed', () => ['cannot enrol pod again; its enrolment stays as it was', 'cannot enrol pod']
-      .some((msg) => mesh.logEntries('agent-node1.log', msg).some((e) => e.ip === ip)), 60_000);
+    mesh.startAgent('node1', AGENT_FLAGS);
+    await mesh.waitReady(60_000, ['node1']);
+    await until('the agent tried to enrol the pod again and failed', () => again() > againBefore, 60_000);
     assert.ok(await enrolled(), `the pod stays enrolled:\n${mesh.logTail('agent-node1.log', 12)}`);
-    assert.match(await mesh.agentMetrics('node1'), /weft_pod_enrolment_failures_total\{reason="[^"]+"\} [1-9]/);
+    assert.equal(mesh.logEntries('agent-node1.log', 'cannot enrol pod').filter((e) => e.ip === ip).length, failedBefore, 'never reported as a pod without enrolment');
+    await until('the enrolment is tried again, on its own timer', async () => Number(/weft_pod_enrolment_failures_total\{reason="[^"]+"\} (\d+)/.exec(await mesh.agentMetrics('node1'))?.[1] ?? 0) >= 2, 20_000);
+    assert.equal(again() - againBefore, 1, 'logged once, not once a try');
+    assert.equal(await stale(), 1, 'counted in weft_pods_enrolment_stale');
     const before = counters('node1');
     assert.equal((await curl('legacy/outsider', `http://${ip}:8080/`)).stdout, '200');
     assert.ok(counters('node1').lookup_steered! > before.lookup_steered!, 'its plaintext still meets the agent');
   } finally {
     mesh.removeConfig('30-port-hog.yaml');
+    await ensureAgent();
   }
+  await until('enrolled as its config says once it fits', async () => await stale() === 0, 60_000);
+  assert.ok(await enrolled());
 });
