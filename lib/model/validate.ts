@@ -37,6 +37,13 @@ export { isCidr };
  * durations (GEP-2257) go up to 99999h.
  */
 export const MAX_TIMER_MS = 2 ** 31 - 1;
+/**
+ * Ports one PeerAuthentication may name in portLevelMtls. The kernel's weft_port_modes, which
+ * holds them, is node-wide (WEFT_MAX_PORT_MODES, 16,384 entries in bpf/include/weft.h): 128 a pod
+ * times the kubelet's default 110 pods a node (14,080) fits, so no tenant fills it for the others,
+ * and a pod rarely exposes more than a handful of ports. Istio sets no such limit.
+ */
+export const MAX_PORT_LEVEL_MTLS = 128;
 
 /** Collects issues for one object. */
 class Checker {
@@ -931,7 +938,12 @@ function validatePeerAuthentication(c: Checker, o: Json): void {
     const labels = (spec.selector as { matchLabels?: unknown } | undefined)?.matchLabels;
     const hasLabels = typeof labels === 'object' && labels !== null && Object.keys(labels).length > 0;
     if (!hasLabels) c.fail('spec.portLevelMtls', 'needs spec.selector.matchLabels with at least one label: a policy without labels is namespace-wide (mesh-wide in the root namespace) and takes no port-level modes');
-    if (Object.keys(pl).length === 0) c.fail('spec.portLevelMtls', 'names no port; leave it out or name at least one');
+    const n = Object.keys(pl).length;
+    if (n === 0) c.fail('spec.portLevelMtls', 'names no port; leave it out or name at least one');
+    if (n > MAX_PORT_LEVEL_MTLS) {
+      c.fail('spec.portLevelMtls', `names ${n} ports; a policy may name at most ${MAX_PORT_LEVEL_MTLS} (a Weft limit: the kernel's port-mode map is shared by every pod of the node)`);
+      return;
+    }
     for (const [port, v] of Object.entries(pl)) {
       const p = `spec.portLevelMtls["${port}"]`;
       // One spelling per port: the kernel's map takes the number, the agent looks up the key as written.

@@ -15,7 +15,7 @@ import { holdInPod, localMeshSuite } from './mesh-suite.ts';
 import { until } from '../lab/wait.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
 import { BpfMap, possibleCpus } from '../../agent/libbpf/index.ts';
-import { decodePercpuCounters, percpuCounters } from '../../agent/src/datapath/codecs.ts';
+import { decodePercpuCounters, encodePodPort, encodePortMode, percpuCounters } from '../../agent/src/datapath/codecs.ts';
 import type { LineResult } from './fixtures/line-client.ts';
 
 const suite = localMeshSuite();
@@ -251,7 +251,7 @@ test('PERMISSIVE: while a pod process holds the agent\'s plaintext listener addr
   }
 });
 
-test('a pod whose enrolment cannot be updated (weft_port_modes full: a portLevelMtls of 16,385 ports) by a restarted agent keeps the enrolment the previous agent made, found by its netns cookie, counted (weft_pod_enrolment_failures_total, weft_pods_enrolment_stale) and logged once, instead of being unenrolled (its plaintext unjudged); it is enrolled as its config says once the config allows', async () => {
+test('a pod whose enrolment cannot be updated (weft_port_modes full: the node-wide map filled to its 16,384 entries, then a policy gives the pod STRICT ports) by a restarted agent keeps the enrolment the previous agent made, found by its netns cookie, counted (weft_pod_enrolment_failures_total, weft_pods_enrolment_stale) and logged once, instead of being unenrolled (its plaintext unjudged); that pod alone is tried again and enrolled as its config says once the map has room', async () => {
   const ip = mesh.workloads.get('relaxed/open')!.pod.ip;
   const enrolled = async () => (await mesh.agentAdmin<{ pods: Array<{ podIp: string }> }>('node1', '/bpf')).pods.some((p) => p.podIp === ip);
   const again = () => mesh.logEntries('agent-node1.log', 'cannot enrol pod again; its enrolment stays as it was').filter((e) => e.ip === ip).length;
@@ -259,12 +259,22 @@ test('a pod whose enrolment cannot be updated (weft_port_modes full: a portLevel
   assert.ok(await enrolled());
   const againBefore = again();
   const failedBefore = mesh.logEntries('agent-node1.log', 'cannot enrol pod').filter((e) => e.ip === ip).length;
-  // One more port than the map holds (WEFT_MAX_PORT_MODES), each STRICT where the pod is PERMISSIVE.
-  const portLevelMtls = Object.fromEntries(Array.from({ length: 16_385 }, (_, i) => [String(20_000 + i), { mode: 'STRICT' }]));
+  // A policy can name at most 128 ports (validation): the map is filled here as many pods would.
+  const modes = BpfMap.openPinned(join(mesh.node('node1').pinRoot, 'weft_port_modes'));
+  const hog: Buffer[] = [];
   try {
+    for (let port = 1; port < 65_536; port++) {
+      const key = encodePodPort('10.254.0.1', port);
+      try {
+        modes.update(key, encodePortMode('STRICT'), 'noexist');
+      } catch {
+        break;
+      }
+      hog.push(key);
+    }
     // The agent that starts knows nothing of the pod but what the pinned datapath holds.
     await mesh.killAgent('node1');
-    mesh.writeConfig('30-port-hog.yaml', [{ apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'hog', namespace: 'relaxed' }, spec: { selector: { matchLabels: { app: 'open' } }, mtls: { mode: 'PERMISSIVE' }, portLevelMtls } }]);
+    mesh.writeConfig('30-port-hog.yaml', [{ apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'hog', namespace: 'relaxed' }, spec: { selector: { matchLabels: { app: 'open' } }, mtls: { mode: 'PERMISSIVE' }, portLevelMtls: { 20000: { mode: 'STRICT' }, 20001: { mode: 'STRICT' } } } }]);
     mesh.startAgent('node1', AGENT_FLAGS);
     await mesh.waitReady(60_000, ['node1']);
     await until('the agent tried to enrol the pod again and failed', () => again() > againBefore, 60_000);
@@ -276,10 +286,15 @@ test('a pod whose enrolment cannot be updated (weft_port_modes full: a portLevel
     const before = counters('node1');
     assert.equal((await curl('legacy/outsider', `http://${ip}:8080/`)).stdout, '200');
     assert.ok(counters('node1').lookup_steered! > before.lookup_steered!, 'its plaintext still meets the agent');
+    // Room again: the retry alone (the config is unchanged) enrols the pod as its config says.
+    for (const key of hog.splice(0)) modes.delete(key);
+    await until('enrolled as its config says once the map has room', async () => await stale() === 0, 60_000);
+    assert.ok(mesh.logEntries('agent-node1.log', 'pod enrolled again as its config says').some((e) => e.ip === ip));
+    assert.ok(await enrolled());
   } finally {
+    for (const key of hog) modes.delete(key);
+    modes.close();
     mesh.removeConfig('30-port-hog.yaml');
     await ensureAgent();
   }
-  await until('enrolled as its config says once it fits', async () => await stale() === 0, 60_000);
-  assert.ok(await enrolled());
 });

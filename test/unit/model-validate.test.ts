@@ -201,6 +201,16 @@ test('refuses port-level mTLS without a selector, and unknown Waypoint fields', 
   assert.deepEqual(validateObject({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'w', namespace: 'a' }, spec: { replica: 2 } }).map((i) => i.path), ['spec.replica']);
 });
 
+test('refuses a PeerAuthentication naming more than 128 ports in portLevelMtls, at spec.portLevelMtls naming the limit: the kernel\'s weft_port_modes is node-wide (16,384 entries), one tenant must not fill it for every pod of the node', () => {
+  const ports = (n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [String(20_000 + i), { mode: 'STRICT' }]));
+  const pa = (n: number) => validateObject({ apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'p', namespace: 'a' }, spec: { selector: { matchLabels: { app: 'x' } }, portLevelMtls: ports(n) } });
+  assert.deepEqual(pa(128), []);
+  const issues = pa(129);
+  assert.deepEqual(issues.map((i) => i.path), ['spec.portLevelMtls']);
+  assert.match(issues[0]!.message, /129 ports.*at most 128/);
+  assert.deepEqual(pa(16_385).map((i) => i.path), ['spec.portLevelMtls'], 'refused once, without a line per port');
+});
+
 test('names the object even when the kind or apiVersion is wrong, and refuses namespaces on cluster-scoped kinds', () => {
   const [wrongVersion] = validateObject({ apiVersion: 'weft.dev/v1', kind: 'Waypoint', metadata: { name: 'w', namespace: 'a' }, spec: {} });
   assert.deepEqual([wrongVersion!.kind, wrongVersion!.namespace, wrongVersion!.name, wrongVersion!.path], ['Waypoint', 'a', 'w', 'apiVersion']);
