@@ -18,6 +18,7 @@ import { forwardedFor, type ForwardedNode } from './forwarded.ts';
 import { pipeBidirectional, type PipeResult } from './pipe.ts';
 import { RapidResetGuard, type RapidResetLimits } from './rapid-reset.ts';
 import { SessionBuffer } from './session-buffer.ts';
+import { TunnelMemory, type TrackedTunnel } from './memory-pressure.ts';
 import { connectionCounter, type ConnectionCounter } from '../listener-limits.ts';
 import { KeyedCount } from '../keyed-count.ts';
 import {
@@ -28,11 +29,13 @@ import {
   DEFAULT_MAX_FRAME_SIZE,
   DEFAULT_MAX_SESSION_MEMORY_MB,
   DEFAULT_MAX_EARLY_DATA,
+  DEFAULT_MEMORY_BUDGET,
   DEFAULT_SESSION_BUFFER,
   DEFAULT_SERVER_IDLE_TIMEOUT_MS,
   DEFAULT_STREAM_WINDOW,
   HBONE_REASON_HEADER,
   MAX_HEADER_LIST_SIZE,
+  MEMORY_RESET_TARGET,
 } from './tuning.ts';
 
 /** The server's TLS material as plain node:tls values (PEM strings or buffers). */
@@ -124,7 +127,12 @@ export type HboneRefusalKind =
   /** The peer did not acknowledge our SETTINGS in time (RFC 9113 6.5.3). */
   | 'settings-timeout'
   /** The peer (its identity from its address) already holds `maxTunnelsPerPeer` tunnels open or opening. */
-  | 'too-many-tunnels';
+  | 'too-many-tunnels'
+  /**
+   * The server's tunnels held more than `memoryBudget` together and this one (open or opening) was
+   * among those holding the most: reset (Envoy's reset_high_memory_stream).
+   */
+  | 'memory-pressure';
 
 export interface HboneRefusal {
   kind: HboneRefusalKind;
@@ -156,6 +164,8 @@ export interface HboneServerStats {
   sessionErrors: number;
   /** Times a session went over its buffer and had its stream windows shrunk. */
   sessionsThrottled: number;
+  /** Bytes all tunnels held together at the last check (what `memoryBudget` bounds). */
+  heldBytes: number;
   /** Refusals by kind; every refusal counts once. */
   refusals: Record<HboneRefusalKind, number>;
 }
@@ -227,6 +237,14 @@ export interface HboneServerOptions {
   maxEarlyData?: number;
   /** Bytes a session's tunnels may hold not yet taken by their destinations (DEFAULT_SESSION_BUFFER). */
   sessionBuffer?: number;
+  /**
+   * Bytes all tunnels may hold together, both ways and every session and peer included (streams'
+   * and destinations' buffers, the pipes', what CONNECTs carried before their answer). Past it the
+   * tunnels holding the most are reset (RST_STREAM ENHANCE_YOUR_CALM, the destination a TCP RST),
+   * largest first, until the total is below 3/4 of it, each counted and named `memory-pressure`
+   * (Envoy's reset_high_memory_stream). Default DEFAULT_MEMORY_BUDGET (1 GiB; tuning.ts says why).
+   */
+  memoryBudget?: number;
   onRefusal?: (refusal: HboneRefusal) => void;
   onTunnelClosed?: (closed: HboneTunnelClosed) => void;
   /** A session went over its buffer: every stream's window is shrunk until its destinations catch up. */
@@ -250,6 +268,17 @@ interface SessionState {
   peerKey: string;
   /** The name of the listener the session came by (HboneConnectRequest.listener). */
   listener: string;
+  /** What its answered streams hold unread, summed at each check of the server's tunnel memory. */
+  unread: number;
+  answered: number;
+}
+
+/** A tunnel (or a CONNECT not yet answered) in the server's tunnel memory. */
+interface HeldTunnel extends TrackedTunnel {
+  readonly stream: ServerHttp2Stream;
+  readonly session: SessionState;
+  readonly authority: string;
+  readonly target: TunnelTarget;
 }
 
 export const DEFAULT_MAX_CONNECTIONS_PER_SOURCE = 1024;
@@ -311,6 +340,7 @@ export class HboneServer {
     tunnelsActive: 0,
     sessionErrors: 0,
     sessionsThrottled: 0,
+    heldBytes: 0,
     refusals: {
       'tls-handshake': 0,
       'peer-identity': 0,
@@ -329,14 +359,24 @@ export class HboneServer {
       'early-data': 0,
       'settings-timeout': 0,
       'too-many-tunnels': 0,
+      'memory-pressure': 0,
     },
   };
   #closing = false;
+  /** Every tunnel and CONNECT not yet answered against memoryBudget; its check also judges the session buffers. */
+  readonly #memory: TunnelMemory<HeldTunnel>;
 
   constructor(opts: HboneServerOptions) {
     this.#opts = opts;
     this.#forward = (opts.forwardHeaders ?? DEFAULT_FORWARDED_HEADERS).map((h) => h.toLowerCase());
     this.maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    const memoryBudget = opts.memoryBudget ?? DEFAULT_MEMORY_BUDGET;
+    this.#memory = new TunnelMemory<HeldTunnel>({
+      budget: memoryBudget,
+      target: memoryBudget * MEMORY_RESET_TARGET,
+      afterPass: () => this.#judgeSessions(),
+      reset: (t, e) => this.#resetForMemory(t, e, memoryBudget),
+    });
     this.#server = createSecureServer({
       ...(opts.tls.key !== undefined ? { key: opts.tls.key } : {}),
       ...(opts.tls.cert !== undefined ? { cert: opts.tls.cert } : {}),
@@ -491,7 +531,7 @@ export class HboneServer {
 
   /** A snapshot of the counters. */
   stats(): HboneServerStats {
-    return { ...this.#stats, refusals: { ...this.#stats.refusals } };
+    return { ...this.#stats, heldBytes: this.#memory.heldBytes, refusals: { ...this.#stats.refusals } };
   }
 
   /**
@@ -515,6 +555,34 @@ export class HboneServer {
     await closed;
     clearTimeout(timer);
     return cut;
+  }
+
+  /**
+   * After each pass of the tunnel memory: every session's buffer judges what its answered streams
+   * hold unread. Returns whether a session is still throttled (checks go on to release it).
+   */
+  #judgeSessions(): boolean {
+    let throttled = false;
+    for (const s of this.#sessions) {
+      s.buffer.judge(s.unread, s.answered);
+      s.unread = 0;
+      s.answered = 0;
+      if (s.buffer.throttled) throttled = true;
+    }
+    return throttled;
+  }
+
+  /** Resets a tunnel the tunnel memory chose (it holds the most while all hold more than the budget). */
+  #resetForMemory(t: HeldTunnel, e: { held: number; total: number; tunnels: number }, budget: number): void {
+    const { stream, session: state } = t;
+    if (stream.closed || stream.destroyed) return;
+    // Ours, not the peer's early reset; a handler still deciding finds it closed and drops its upstream.
+    answered.add(stream);
+    const reason = `tunnel to ${t.authority} holds ${e.held} bytes, the most of ${e.tunnels} tunnels holding ${e.total} bytes together, past the server's memory budget ${budget}; reset (largest first, down to ${Math.floor(budget * MEMORY_RESET_TARGET)})`;
+    this.#refuse({ kind: 'memory-pressure', reason, peer: { spiffeId: state.peer.spiffeId, address: state.peer.address }, authority: t.authority, target: t.target });
+    // RFC 9113 section 7: ENHANCE_YOUR_CALM, as for early data; the pipe passes it on to the
+    // destination as a TCP RST (RFC 9113 section 8.5).
+    stream.close(h2.NGHTTP2_ENHANCE_YOUR_CALM);
   }
 
   #refuse(refusal: HboneRefusal): void {
@@ -555,6 +623,8 @@ export class HboneServer {
       peerKey: `${peer.address} ${spiffeId ?? ''}`,
       // (`_parent`: the TCP socket a server-side TLSSocket wraps; Node has no public name for it.)
       listener: this.#listenerOf.get((socket as unknown as { _parent?: Socket })._parent!) ?? '',
+      unread: 0,
+      answered: 0,
     };
     state.buffer = new SessionBuffer(session, {
       budget: this.#opts.sessionBuffer ?? DEFAULT_SESSION_BUFFER,
@@ -653,16 +723,22 @@ export class HboneServer {
     }
     // The peer's tunnels over all its sessions, held from here to the stream's close.
     const { peerKey } = state;
-    const held = this.#tunnelsOf.get(peerKey);
+    const holding = this.#tunnelsOf.get(peerKey);
     const maxTunnels = this.#opts.maxTunnelsPerPeer ?? DEFAULT_MAX_TUNNELS_PER_PEER;
-    if (held >= maxTunnels) {
-      const reason = `${state.peer.spiffeId ?? '(no identity)'} from ${state.peer.address} holds ${held} tunnels here (it allows ${maxTunnels} a peer); refused at once`;
+    if (holding >= maxTunnels) {
+      const reason = `${state.peer.spiffeId ?? '(no identity)'} from ${state.peer.address} holds ${holding} tunnels here (it allows ${maxTunnels} a peer); refused at once`;
       this.#refuse({ kind: 'too-many-tunnels', status: 503, reason, peer: peerInfo, authority, target });
       this.#respondRefusal(stream, 503, reason);
       return;
     }
     this.#tunnelsOf.take(peerKey);
-    stream.once('close', () => this.#tunnelsOf.release(peerKey));
+    // In the server's tunnel memory from here, early data included, to the stream's close.
+    const held: HeldTunnel = { stream, upstream: undefined, early: 0, held: 0, reset: false, session: state, authority, target };
+    this.#memory.add(held);
+    stream.once('close', () => {
+      this.#tunnelsOf.release(peerKey);
+      this.#memory.delete(held);
+    });
     const selected: Record<string, string> = {};
     for (const name of this.#forward) {
       const v = headers[name];
@@ -685,7 +761,7 @@ export class HboneServer {
     const maxEarly = this.#opts.maxEarlyData ?? DEFAULT_MAX_EARLY_DATA;
     const onEarly = (chunk: Buffer): void => {
       earlyBytes += chunk.length;
-      if (earlyBytes <= maxEarly) { early.push(chunk); return; }
+      if (earlyBytes <= maxEarly) { early.push(chunk); held.early = earlyBytes; return; }
       stream.off('data', onEarly);
       if (answered.has(stream)) return;
       answered.add(stream);
@@ -702,7 +778,7 @@ export class HboneServer {
       decision = Promise.reject(err);
     }
     decision.then((d) => {
-      if ('upstream' in d) this.#accept(state, stream, request, d.upstream);
+      if ('upstream' in d) this.#accept(held, request, d.upstream);
       else {
         if (stream.closed || stream.destroyed) return;
         this.#refuse({ kind: d.kind ?? 'denied', status: d.status, reason: d.reason, peer: peerInfo, authority, target, ...(d.label !== undefined ? { label: d.label } : {}) });
@@ -716,7 +792,8 @@ export class HboneServer {
     });
   }
 
-  #accept(state: SessionState, stream: ServerHttp2Stream, request: HboneConnectRequest, upstream: Duplex): void {
+  #accept(held: HeldTunnel, request: HboneConnectRequest, upstream: Duplex): void {
+    const { stream } = held;
     if (stream.closed || stream.destroyed) {
       // The peer reset the CONNECT while the handler was connecting: the upstream it opened goes,
       // and its owner hears the tunnel closed (a record it opened must not stay open forever).
@@ -734,23 +811,25 @@ export class HboneServer {
       return;
     }
     answered.add(stream);
-    const held = earlyData.get(stream);
-    if (held) {
+    const early = earlyData.get(stream);
+    if (early) {
       earlyData.delete(stream);
-      stream.off('data', held.listener);
+      stream.off('data', early.listener);
       if (stream.readableEnded) {
         // The client ended its side before the answer: what it sent goes first, and the pipe
         // passes its end on (pipeBidirectional: a side whose readable already ended).
-        for (const chunk of held.chunks) upstream.write(chunk);
+        for (const chunk of early.chunks) upstream.write(chunk);
       } else {
         stream.pause();
-        for (let i = held.chunks.length - 1; i >= 0; i--) stream.unshift(held.chunks[i]!);
+        for (let i = early.chunks.length - 1; i >= 0; i--) stream.unshift(early.chunks[i]!);
       }
     }
+    // From here its early bytes are in the stream's or the upstream's buffers.
+    held.early = 0;
+    held.upstream = upstream;
     stream.respond({ ':status': 200 });
     this.#stats.tunnelsOpened++;
     this.#stats.tunnelsActive++;
-    state.buffer.watch(stream);
     const started = performance.now();
     const piping = pipeBidirectional(stream, upstream);
     // Holding the early data paused the stream; a paused stream does not start flowing on its own

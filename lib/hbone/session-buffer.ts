@@ -13,20 +13,22 @@ export interface SessionBufferOptions {
 }
 
 /**
- * The checks of every session with tunnels, run by one timer every SESSION_BUFFER_CHECK_MS while
- * there are any (a timer per session was thousands of wake-ups a second on a busy node).
+ * The checks of every session with tunnels (and of every server's tunnel memory,
+ * memory-pressure.ts), run by one timer every SESSION_BUFFER_CHECK_MS while there are any (a timer
+ * per session was thousands of wake-ups a second on a busy node).
  */
 const checks = new Set<() => void>();
 let ticker: NodeJS.Timeout | undefined;
 
-function startChecking(check: () => void): void {
+/** Runs `check` at every tick of the one timer until stopChecking. */
+export function startChecking(check: () => void): void {
   checks.add(check);
   if (ticker) return;
   ticker = setInterval(() => { for (const c of checks) c(); }, SESSION_BUFFER_CHECK_MS);
   ticker.unref();
 }
 
-function stopChecking(check: () => void): void {
+export function stopChecking(check: () => void): void {
   checks.delete(check);
   if (checks.size > 0 || !ticker) return;
   clearInterval(ticker);
@@ -64,7 +66,16 @@ export class SessionBuffer {
     });
   }
 
-  /** Counts `stream` (an answered tunnel) against the budget until it closes. */
+  /** The streams' windows are shrunk (over the budget, not yet caught up). */
+  get throttled(): boolean {
+    return this.#throttled;
+  }
+
+  /**
+   * Counts `stream` (an answered tunnel) against the budget until it closes, checked by this
+   * buffer at every tick. (The HBONE server measures its sessions itself, in the one pass over its
+   * tunnels that also counts them against its memory budget, and hands each session's sum to judge.)
+   */
   watch(stream: Http2Stream): void {
     this.#tunnels.add(stream);
     stream.once('close', () => this.#tunnels.delete(stream));
@@ -87,12 +98,22 @@ export class SessionBuffer {
     }
     let held = 0;
     for (const t of this.#tunnels) held += t.readableLength;
+    this.judge(held, this.#tunnels.size);
+  }
+
+  /**
+   * Throttles or releases the session given what its `tunnels` answered streams hold received and
+   * not yet read (`held` bytes): over the budget it throttles, under a quarter of it it releases.
+   */
+  judge(held: number, tunnels: number): void {
+    const session = this.#session;
+    if (session.destroyed) return;
     const { budget } = this.#opts;
     const throttle = !this.#throttled && held > budget;
     const release = this.#throttled && held < budget / 4;
     if (!throttle && !release) return;
     this.#throttled = throttle;
-    if (throttle) this.#opts.onThrottled({ heldBytes: held, tunnels: this.#tunnels.size });
+    if (throttle) this.#opts.onThrottled({ heldBytes: held, tunnels });
     const streamWindow = throttle ? THROTTLED_STREAM_WINDOW : this.#opts.streamWindow;
     clearTimeout(this.#ackTimer);
     const timer = setTimeout(() => {

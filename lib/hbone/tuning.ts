@@ -119,3 +119,20 @@ export const SESSION_BUFFER_CHECK_MS = 200;
 
 /** A peer that does not acknowledge our SETTINGS within this long is cut off (RFC 9113 6.5.3, SETTINGS_TIMEOUT). */
 export const SETTINGS_ACK_TIMEOUT_MS = 5_000;
+
+/**
+ * Bytes all of a server's tunnels may hold together, both ways: streams' and destinations'
+ * buffers, the pipes', and what CONNECTs carried before their answer (memory-pressure.ts). Past it
+ * the tunnels holding the most are reset (`memory-pressure`) until the total is below
+ * MEMORY_RESET_TARGET of it, as Envoy's reset_high_memory_stream does under memory pressure.
+ * 1 GiB: under legitimate load a tunnel holds at most its pipe's 256 KiB a direction while its far
+ * side reads slower than its near side sends, plus what its stream has unread, and a session's
+ * unread bytes are throttled at its buffer (64 MiB); so 1 GiB is 4,096 tunnels every one of them
+ * backed up at the same moment, or sixteen sessions each at its buffer, many times what a node's
+ * agent or a waypoint carries backed up at once, while it is a sixteenth of what 1,024 sessions at
+ * their buffers (or 16,384 tunnels of one peer that does not read, 5 GiB) would take.
+ */
+export const DEFAULT_MEMORY_BUDGET = 1024 * 1024 * 1024;
+
+/** Resets under memory pressure stop once the total is below this fraction of the budget. */
+export const MEMORY_RESET_TARGET = 0.75;

@@ -1,8 +1,9 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { connect as h2connect, constants as h2, type ClientHttp2Session, type IncomingHttpHeaders } from 'node:http2';
+import { connect as h2connect, constants as h2, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders, type Settings } from 'node:http2';
 import { connect as netConnect } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
+import { Duplex } from 'node:stream';
 import {
   HbonePeerIdentityError,
   HbonePool,
@@ -18,9 +19,9 @@ after(async () => { for (const c of cleanups.reverse()) await c(); });
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** A bare HTTP/2 client with a client certificate, for requests the pool would never send. */
-async function rawClient(port: number, leaf: TestLeaf): Promise<ClientHttp2Session> {
+async function rawClient(port: number, leaf: TestLeaf, settings?: Settings): Promise<ClientHttp2Session> {
   const session = h2connect(`https://127.0.0.1:${port}`, {
-    key: leaf.key, cert: leaf.cert, ca: leaf.ca, checkServerIdentity: () => undefined,
+    key: leaf.key, cert: leaf.cert, ca: leaf.ca, checkServerIdentity: () => undefined, ...(settings ? { settings } : {}),
   });
   session.on('error', () => {});
   await new Promise<void>((resolve, reject) => { session.once('connect', () => resolve()); session.once('error', reject); });
@@ -331,6 +332,172 @@ test('tunnels whose destination does not read cannot make one session hold more 
   let received = 0;
   for (const sock of held) { sock.on('data', (c: Buffer) => { received += c.length; }); sock.resume(); }
   await until('all 192 MiB arrive', () => received === 8 * 24 * 1024 * 1024, 60_000);
+});
+
+/** Opens a CONNECT on `session` and resolves once it is answered 200. */
+function openTunnel(session: ClientHttp2Session): Promise<ClientHttp2Stream> {
+  return new Promise<ClientHttp2Stream>((resolve, reject) => {
+    const req = session.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9' }, { endStream: false });
+    req.on('error', () => {});
+    req.once('response', (h) => (h[':status'] === 200 ? resolve(req) : reject(new Error(`answered ${h[':status']}`))));
+    req.once('close', () => reject(new Error('closed before the answer')));
+  });
+}
+
+// Envoy's overload manager, action envoy.overload_actions.reset_high_memory_stream
+// (source/common/buffer/watermark_buffer.cc, resetAccountsGivenPressure): under memory pressure
+// the streams holding the most buffered memory are reset first, by power-of-two classes, none
+// exempt for moving. Here the pressure is the bytes all tunnels hold (memoryBudget).
+//
+// RFC 9113 5.2.2 and 6.9: a receiver may keep its windows at 0 for as long as it likes. Each
+// tunnel's pipe holds up to 256 KiB (and a read more) for its peer before it stops reading the
+// destination, so a peer with a zero stream window and destinations that answer with bulk data
+// made the server hold 320 KiB a tunnel: 5 GiB at 16,384 tunnels a peer. A byte a second the other
+// way (which evaded the per-peer budget that was not kept) changes nothing.
+test('reset_high_memory_stream: a peer that does not read (zero stream window) cannot make the server hold more than its memory budget: the largest tunnels are reset, counted memory-pressure and named; another peer is served', async () => {
+  const budget = 4 * 1024 * 1024;
+  const tunnels: Array<{ produced: number; upstream: Duplex }> = [];
+  const refusals: HboneRefusal[] = [];
+  const chunk = Buffer.alloc(64 * 1024);
+  const hb = await startHbone({
+    memoryBudget: budget,
+    onRefusal: (r) => refusals.push(r),
+    // A destination that answers without end (as a server does to pipelined requests for a large file).
+    handler: async () => {
+      const t = { produced: 0, upstream: undefined as unknown as Duplex };
+      t.upstream = new Duplex({ read() { t.produced += chunk.length; this.push(chunk); }, write(_c, _e, cb) { cb(); } });
+      tunnels.push(t);
+      return { upstream: t.upstream };
+    },
+  });
+  cleanups.push(() => hb.close());
+  const attacker = await rawClient(hb.port, hb.clientLeaf, { initialWindowSize: 0 });
+  const opened = await Promise.all(Array.from({ length: 64 }, () => openTunnel(attacker)));
+  const trickle = setInterval(() => { for (const s of opened) if (!s.closed) s.write(Buffer.from('x')); }, 100);
+  cleanups.push(() => clearInterval(trickle));
+  // What the server holds for the attacker: everything its open tunnels' destinations produced
+  // (the client took none: its window is 0).
+  const held = (): number => tunnels.reduce((n, t) => n + (t.upstream.destroyed ? 0 : t.produced), 0);
+  const resets = (): number => hb.server.stats().refusals['memory-pressure'];
+  const destroyed = (): number => tunnels.filter((t) => t.upstream.destroyed).length;
+  await until('tunnels are reset, each with its upstream', () => resets() > 0 && destroyed() === resets(), 10_000, { explain: () => `${resets()} resets, ${destroyed()} upstreams destroyed` });
+  await until('the server holds its budget at most', () => held() <= budget, 10_000, { explain: () => `${held()} bytes held` });
+  await holds('and no more while the peer still does not read', () => held() <= budget + 512 * 1024, 600, { intervalMs: 50 });
+  clearInterval(trickle);
+  await until('every reset destroyed its upstream', () => destroyed() === resets(), 5_000);
+  assert.ok(resets() >= 40, `${resets()} tunnels reset`);
+  const named = refusals.filter((r) => r.kind === 'memory-pressure');
+  assert.equal(named.length, resets());
+  assert.equal(named[0]!.peer?.spiffeId, hb.clientLeaf.spiffeId);
+  assert.equal(named[0]!.peer?.address, '127.0.0.1');
+  assert.match(named[0]!.reason, /holds \d+ bytes, the most of .* tunnels holding \d+ bytes together, past the server's memory budget 4194304/);
+  // The attacker's streams were reset with ENHANCE_YOUR_CALM (RFC 9113 7), not left hanging.
+  await until('the attacker sees its streams reset', () => opened.filter((s) => s.rstCode === h2.NGHTTP2_ENHANCE_YOUR_CALM).length === resets(), 5000);
+  // Another peer that reads is served meanwhile, whatever it is sent.
+  const other = await rawClient(hb.port, hb.ca.issue('spiffe://test.local/ns/other/sa/reader'));
+  const req = await openTunnel(other);
+  let received = 0;
+  req.on('data', (c: Buffer) => { received += c.length; });
+  await until('the reading peer receives 32 MiB', () => received >= 32 * 1024 * 1024, 20_000);
+  assert.equal(req.closed, false, "the reading peer's tunnel is open");
+});
+
+// The other way, over sessions and identities: each session's tunnels are held to its buffer
+// (above), but a peer may open 1,024 sessions from its address, each just under that buffer, and
+// more identities multiply that again: destinations that accept and never read made an agent hold
+// 64 GiB. The budget is the server's, whoever holds the bytes.
+test('reset_high_memory_stream: peers sending over many sessions and identities to destinations that do not read cannot make the server hold more than its memory budget: each session under its buffer, the largest tunnels reset, counted memory-pressure', async () => {
+  const budget = 4 * 1024 * 1024;
+  const upstreams: Duplex[] = [];
+  const hb = await startHbone({
+    memoryBudget: budget,
+    sessionBuffer: 8 * 1024 * 1024,
+    streamWindow: 64 * 1024,
+    // A destination that accepts and never reads (in memory: the kernel's buffers are not the server's).
+    handler: async () => {
+      const d = new Duplex({ read() {}, write(_c, _e, _cb) { /* never taken */ } });
+      upstreams.push(d);
+      return { upstream: d };
+    },
+  });
+  cleanups.push(() => hb.close());
+  const leaves = [hb.clientLeaf, hb.ca.issue('spiffe://test.local/ns/other/sa/second')];
+  const streams: ClientHttp2Stream[] = [];
+  for (let s = 0; s < 6; s++) {
+    const session = await rawClient(hb.port, leaves[s % 2]!);
+    for (let i = 0; i < 5; i++) streams.push(await openTunnel(session));
+  }
+  const chunk = Buffer.alloc(128 * 1024);
+  for (const st of streams) for (let i = 0; i < 4; i++) st.write(chunk);
+  // What the server holds that the test can see: what its pipes wrote to the open destinations
+  // (their writableLength); the streams' unread bytes come on top.
+  const held = (): number => upstreams.reduce((n, d) => n + (d.destroyed ? 0 : d.writableLength), 0);
+  const resets = (): number => hb.server.stats().refusals['memory-pressure'];
+  const destroyed = (): number => upstreams.filter((d) => d.destroyed).length;
+  await until('tunnels are reset, each with its upstream', () => resets() > 0 && destroyed() === resets(), 10_000, { explain: () => `${resets()} resets, ${destroyed()} upstreams destroyed, ${held()} bytes held` });
+  await until('the server holds its budget at most', () => held() <= budget && hb.server.stats().heldBytes <= budget, 10_000, { explain: () => `${held()} bytes in the destinations, ${hb.server.stats().heldBytes} measured` });
+  assert.equal(hb.server.stats().sessionsThrottled, 0, 'no session went over its own buffer');
+  assert.equal(resets(), destroyed());
+});
+
+// Pending CONNECTs: what a client sends before its answer (up to maxEarlyData each) is held too.
+test('reset_high_memory_stream: bytes sent on CONNECTs not yet answered count against the memory budget: past it the largest are reset (memory-pressure), their upstream closed when the handler returns', async () => {
+  const budget = 1024 * 1024;
+  const upstreams: Duplex[] = [];
+  let release!: () => void;
+  const decided = new Promise<void>((r) => { release = r; });
+  const hb = await startHbone({
+    memoryBudget: budget,
+    handler: async () => {
+      await decided;
+      const d = new Duplex({ read() {}, write(_c, _e, cb) { cb(); } });
+      upstreams.push(d);
+      return { upstream: d };
+    },
+  });
+  cleanups.push(() => hb.close());
+  cleanups.push(() => release());
+  const client = await rawClient(hb.port, hb.clientLeaf);
+  const pending = Array.from({ length: 32 }, () => {
+    const req = client.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9' }, { endStream: false });
+    req.on('error', () => {});
+    req.write(Buffer.alloc(60 * 1024));
+    return req;
+  });
+  const resets = (): number => hb.server.stats().refusals['memory-pressure'];
+  await until('pending CONNECTs are reset', () => resets() > 0 && pending.filter((r) => r.rstCode === h2.NGHTTP2_ENHANCE_YOUR_CALM).length === resets(), 10_000, { explain: () => `${resets()} resets` });
+  const open = pending.filter((r) => !r.closed).length;
+  assert.ok(open * 60 * 1024 <= budget, `${open} CONNECTs still hold 60 KiB each`);
+  assert.equal(hb.server.stats().refusals['early-data'], 0);
+  release();
+  await until('the reset CONNECTs\' upstreams are closed', () => upstreams.length === 32 && upstreams.filter((d) => d.destroyed).length === resets(), 5_000);
+});
+
+// Under its budget the server resets nothing, however slowly its peers read.
+test('a legitimate slow reader on a server under its memory budget is never reset', async () => {
+  const tunnels: Array<{ produced: number }> = [];
+  const chunk = Buffer.alloc(64 * 1024);
+  const hb = await startHbone({
+    memoryBudget: 8 * 1024 * 1024,
+    handler: async () => {
+      const t = { produced: 0 };
+      tunnels.push(t);
+      return { upstream: new Duplex({ read() { t.produced += chunk.length; this.push(chunk); }, write(_c, _e, cb) { cb(); } }) };
+    },
+  });
+  cleanups.push(() => hb.close());
+  const reader = await rawClient(hb.port, hb.clientLeaf, { initialWindowSize: 64 * 1024 });
+  const received: number[] = [];
+  for (let i = 0; i < 8; i++) {
+    const req = await openTunnel(reader);
+    received.push(0);
+    // Reads a chunk, then waits 10 ms: slower than the destination, never stopped.
+    req.on('data', (c: Buffer) => { received[i]! += c.length; req.pause(); setTimeout(() => req.resume(), 10); });
+  }
+  await until('the server holds bytes for the reader', () => hb.server.stats().heldBytes > 8 * 256 * 1024, 10_000, { explain: () => `${hb.server.stats().heldBytes} bytes held` });
+  const before = [...received];
+  await holds('none of its tunnels is reset', () => hb.server.stats().refusals['memory-pressure'] === 0, 1500, { intervalMs: 50 });
+  assert.ok(received.every((r, i) => r > before[i]!), 'every tunnel kept moving');
 });
 
 test('a legitimate client whose CONNECTs time out while the server is slow trips the rapid-reset guard without losing a tunnel: established ones go on, the next CONNECT takes a new session', async () => {

@@ -1,0 +1,100 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { classOf, TunnelMemory, type SessionTally, type TrackedTunnel } from '../../lib/hbone/memory-pressure.ts';
+
+// Tunnels as the check sees them: buffers with lengths (a stream's and its destination's).
+function tunnel(session: SessionTally, bytes: { unread?: number; toPeer?: number; early?: number; answered?: boolean }): TrackedTunnel {
+  return {
+    stream: { readableLength: bytes.unread ?? 0, writableLength: bytes.toPeer ?? 0 },
+    upstream: bytes.answered === false ? undefined : { readableLength: 0, writableLength: 0 },
+    early: bytes.early ?? 0,
+    held: 0,
+    reset: false,
+    session,
+  };
+}
+
+function memory(budget: number, target = budget * 0.75): { m: TunnelMemory<TrackedTunnel>; reset: TrackedTunnel[] } {
+  const reset: TrackedTunnel[] = [];
+  const m = new TunnelMemory<TrackedTunnel>({ budget, target, afterPass: () => false, reset: (t) => reset.push(t) });
+  return { m, reset };
+}
+
+test('classOf: four classes per power of two, never smaller for more bytes', () => {
+  assert.deepEqual([0, 1, 2, 3, 4, 5, 6, 7, 8].map(classOf), [0, 1, 2, 3, 8, 9, 10, 11, 12]);
+  assert.equal(classOf(256 * 1024), 18 * 4);
+  assert.equal(classOf(320 * 1024), 18 * 4 + 1);
+  assert.equal(classOf(2 ** 40), 127);
+  let last = 0;
+  for (let b = 0; b < 1 << 20; b += 997) { const c = classOf(b); assert.ok(c >= last, `class of ${b}`); last = c; }
+});
+
+test('TunnelMemory: under the budget nothing is reset, and each session is tallied its answered streams\' unread bytes', () => {
+  const { m, reset } = memory(1000);
+  const a: SessionTally = { unread: 0, answered: 0 };
+  const b: SessionTally = { unread: 0, answered: 0 };
+  const ts = [tunnel(a, { unread: 100, toPeer: 50 }), tunnel(a, { unread: 200 }), tunnel(b, { early: 300, answered: false })];
+  for (const t of ts) m.add(t);
+  m.check();
+  m.stop();
+  assert.equal(m.heldBytes, 650);
+  assert.deepEqual(reset, []);
+  assert.deepEqual(a, { unread: 300, answered: 2 });
+  // A CONNECT not yet answered counts against the budget, not against its session's buffer.
+  assert.deepEqual(b, { unread: 0, answered: 0 });
+});
+
+// Envoy's reset_high_memory_stream resets the streams of the largest classes first; here until
+// the total is below the target (3/4 of the budget).
+test('TunnelMemory: over the budget the largest are reset first, until the total is below the target, whatever direction holds the bytes', () => {
+  const { m, reset } = memory(10_000, 7_500);
+  const s: SessionTally = { unread: 0, answered: 0 };
+  const small = Array.from({ length: 20 }, () => tunnel(s, { unread: 100 }));
+  const large = [tunnel(s, { toPeer: 3_000 }), tunnel(s, { unread: 2_000 }), tunnel(s, { early: 2_500, answered: false })];
+  for (const t of [...small.slice(0, 10), ...large, ...small.slice(10)]) m.add(t);
+  m.check(); // 2,000 + 7,500 = 9,500: under the budget
+  assert.deepEqual(reset, []);
+  (large[0]!.stream as { writableLength: number }).writableLength = 4_000; // now 10,500: 3,000 to free
+  m.check();
+  m.stop();
+  assert.deepEqual(reset, [large[0]], 'the largest alone frees enough');
+  const { m: m2, reset: reset2 } = memory(1_000, 750);
+  const many = Array.from({ length: 40 }, (_, i) => tunnel(s, { unread: i < 30 ? 10 : 100 }));
+  for (const t of many) m2.add(t);
+  m2.check(); // 300 + 1,000 = 1,300: 550 to free, six of the 100-byte tunnels
+  m2.check(); // those reset count no more
+  m2.stop();
+  assert.equal(reset2.length, 6);
+  assert.ok(reset2.every((t) => t.held === 100));
+});
+
+// The cost the brief bounds: one pass over 100,000 tunnels, no allocation, no sort. Printed, not
+// asserted (a loaded 2-core machine is slower than any figure).
+test('TunnelMemory: one check over 100,000 tunnels (printed)', (t) => {
+  const sessions = Array.from({ length: 1_000 }, (): SessionTally => ({ unread: 0, answered: 0 }));
+  const { m, reset } = memory(2 ** 40);
+  for (let i = 0; i < 100_000; i++) m.add(tunnel(sessions[i % 1_000]!, { unread: (i * 7919) % 300_000, toPeer: (i * 104_729) % 262_144 }));
+  for (let i = 0; i < 5; i++) m.check(); // warm up
+  const passes = 20;
+  let started = performance.now();
+  for (let i = 0; i < passes; i++) m.check();
+  const under = (performance.now() - started) / passes;
+  // Under pressure: the same pass, then the resets of the largest classes (a quarter of the total to free).
+  const total = m.heldBytes;
+  const { m: over, reset: overReset } = memory(total - 1, total * 0.75);
+  const all = Array.from({ length: 100_000 }, (_, i) => tunnel(sessions[i % 1_000]!, { unread: (i * 7919) % 300_000, toPeer: (i * 104_729) % 262_144 }));
+  for (const tn of all) over.add(tn);
+  started = performance.now();
+  over.check();
+  const pressure = performance.now() - started;
+  m.stop();
+  over.stop();
+  assert.equal(reset.length, 0);
+  const freed = overReset.reduce((n, r) => n + r.held, 0);
+  assert.ok(total - freed < total * 0.75 && total - freed > total * 0.6, `${freed} of ${total} bytes freed`);
+  const smallestReset = Math.min(...overReset.map((r) => r.held));
+  // Largest first: no tunnel spared holds a class above the smallest one reset.
+  assert.ok(all.every((tn) => tn.reset || classOf(tn.held) <= classOf(smallestReset)));
+  t.diagnostic(`one check over 100,000 tunnels: ${under.toFixed(2)} ms under the budget, ${pressure.toFixed(2)} ms over it (${overReset.length} reset)`);
+  console.log(`TunnelMemory: one check over 100,000 tunnels: ${under.toFixed(2)} ms under the budget, ${pressure.toFixed(2)} ms over it (${overReset.length} reset)`);
+});
