@@ -50,6 +50,8 @@ export interface InboundOptions {
   connectTimeoutMs?: number;
   /** Tunnels one peer (identity and address) may hold open or opening (HboneServer; default DEFAULT_MAX_TUNNELS_PER_PEER). */
   maxTunnelsPerPeer?: number;
+  /** Bytes all tunnels may hold together before the largest are reset (HboneServer; default DEFAULT_MEMORY_BUDGET). */
+  memoryBudget?: number;
 }
 
 /**
@@ -95,6 +97,7 @@ export class Inbound {
       // workload is refused before it can open a tunnel.
       trustDomains: [opts.trustDomain, ...(opts.trustDomainAliases ?? [])],
       ...(opts.maxTunnelsPerPeer !== undefined ? { maxTunnelsPerPeer: opts.maxTunnelsPerPeer } : {}),
+      ...(opts.memoryBudget !== undefined ? { memoryBudget: opts.memoryBudget } : {}),
       handler: (req) => this.#handle(req, req.listener !== HBONE_LISTENER),
       onRefusal: (r) => this.#refused(r),
       onTunnelClosed: (c) => this.#closed(c),

@@ -35,7 +35,7 @@ function workload(name: string, ns: string, ip: string, node = 'node2'): Workloa
 const DEST = workload('echo', 'demo', '127.0.0.1');
 const CLIENT = workload('client', 'src', '10.0.0.7', 'node1');
 
-async function startInbound(ca: TestCa, delivery: object, opts: { log?: typeof silentLogger; accessLog?: (e: unknown) => void; prepare?: (s: AgentState) => void; maxTunnelsPerPeer?: number } = {}): Promise<{ inbound: Inbound; metrics: AgentMetrics; port: number; gatewayPort: number }> {
+async function startInbound(ca: TestCa, delivery: object, opts: { log?: typeof silentLogger; accessLog?: (e: unknown) => void; prepare?: (s: AgentState) => void; maxTunnelsPerPeer?: number; memoryBudget?: number } = {}): Promise<{ inbound: Inbound; metrics: AgentMetrics; port: number; gatewayPort: number }> {
   const serverLeaf = ca.issue(DEST.spiffeId);
   const state = new AgentState('node2');
   state.apply({ node: 'node2', workloads: [DEST, CLIENT], services: [], policies: [], peerAuthentications: [], waypoints: [] } as AgentConfig);
@@ -46,14 +46,15 @@ async function startInbound(ca: TestCa, delivery: object, opts: { log?: typeof s
     serverTls: { SNICallback: (_n: string, cb: (e: Error | null, c?: unknown) => void) => cb(null, createSecureContext({ key: serverLeaf.key, cert: serverLeaf.cert, ca: ca.cert })) } as never,
     trustBundle: () => [ca.cert],
     ...(opts.maxTunnelsPerPeer !== undefined ? { maxTunnelsPerPeer: opts.maxTunnelsPerPeer } : {}),
+    ...(opts.memoryBudget !== undefined ? { memoryBudget: opts.memoryBudget } : {}),
   });
   const { hbone: port, gateway: gatewayPort } = await inbound.listen({ hbone: 0, gateway: 0 }, '127.0.0.1');
   cleanups.push(() => inbound.server.close(100));
   return { inbound, metrics, port, gatewayPort };
 }
 
-async function peer(port: number, leaf: TestLeaf): Promise<ClientHttp2Session> {
-  const session = h2connect(`https://127.0.0.1:${port}`, { key: leaf.key, cert: leaf.cert, ca: leaf.ca, checkServerIdentity: () => undefined, servername: 'hbone.test' } as never);
+async function peer(port: number, leaf: TestLeaf, settings?: import('node:http2').Settings): Promise<ClientHttp2Session> {
+  const session = h2connect(`https://127.0.0.1:${port}`, { key: leaf.key, cert: leaf.cert, ca: leaf.ca, checkServerIdentity: () => undefined, servername: 'hbone.test', ...(settings ? { settings } : {}) } as never);
   session.on('error', () => {});
   await new Promise<void>((resolve, reject) => { session.once('connect', () => resolve()); session.once('error', reject); });
   cleanups.push(() => session.destroy());
@@ -243,6 +244,44 @@ test('tunnels one peer (identity and address) holds are bounded over all its ses
   assert.equal((await open(await peer(port, ca.issue(DEST.spiffeId)))).status, 200, 'another peer is served');
   tunnels[0]!.close();
   await until('a closed tunnel frees its place', async () => (await open(second)).status === 200, 5_000, { intervalMs: 50 });
+});
+
+// RFC 9113 6.9: a peer's windows are its own, 0 included. A workload that asks a pod for a download
+// and never reads it (SETTINGS_INITIAL_WINDOW_SIZE 0) had the agent hold 320 KiB a tunnel for it,
+// 5 GiB over the 16,384 tunnels a peer may hold. Envoy's reset_high_memory_stream: past the
+// server's memory budget the tunnels holding the most are reset (lib/hbone/memory-pressure.ts).
+test('a peer with a zero stream window that never reads what its pod sends cannot hold the agent past its memory budget: the largest tunnels are reset, their pod connections closed, counted memory-pressure under the pod and logged with the peer', async () => {
+  const ca = createTestCa();
+  const lines: string[] = [];
+  const pods: import('node:net').Socket[] = [];
+  const chunk = Buffer.alloc(64 * 1024);
+  // A pod that sends without end (a large download).
+  const app = await tcpServer((s) => {
+    pods.push(s);
+    s.on('error', () => {});
+    const send = (): void => { while (!s.destroyed && s.write(chunk)); };
+    s.on('drain', send);
+    send();
+  });
+  cleanups.push(() => { for (const s of pods) s.destroy(); app.server.close(); });
+  const delivery = { authorize: () => {}, connectToPod: async () => connectTcp(`127.0.0.1:${app.port}`, { timeoutMs: 5_000 }), track: () => {} };
+  const budget = 1024 * 1024;
+  const { inbound, metrics, port } = await startInbound(ca, delivery, { log: jsonLogger('agent', 'info', (l) => lines.push(l)), memoryBudget: budget });
+  const session = await peer(port, ca.issue(CLIENT.spiffeId), { initialWindowSize: 0 });
+  const statuses = await Promise.all(Array.from({ length: 16 }, () => new Promise<number>((resolve) => {
+    const r = session.request({ ':method': 'CONNECT', ':authority': `${DEST.ip}:${app.port}` }, { endStream: false });
+    r.on('response', (h) => resolve(Number(h[':status'])));
+    r.on('error', () => resolve(0));
+  })));
+  assert.deepEqual(statuses, Array(16).fill(200));
+  const resets = (): number => inbound.server.stats().refusals['memory-pressure'];
+  await until('the largest tunnels are reset, each pod connection closed', () => resets() >= 8 && pods.filter((s) => s.destroyed).length === resets(), 10_000,
+    { explain: () => `${resets()} resets, ${pods.filter((s) => s.destroyed).length} pod connections closed, ${inbound.server.stats().heldBytes} bytes held` });
+  await until('the agent holds its budget at most', () => inbound.server.stats().heldBytes <= budget, 5_000);
+  const counted = (await metrics.denied.get()).values.find((v) => v.labels['reason'] === 'memory-pressure');
+  assert.equal(counted?.value, resets());
+  assert.equal(counted?.labels['destination_workload'], DEST.workloadName);
+  await until('logged with the peer', () => lines.some((l) => l.includes('"HBONE refused"') && l.includes('memory-pressure') && l.includes(CLIENT.spiffeId) && l.includes('127.0.0.1')), 5_000);
 });
 
 // The agent's HBONE port and its gateway port are one server (agent/src/inbound.ts): with two, one
