@@ -794,6 +794,13 @@ export class HboneServer {
 
   #accept(held: HeldTunnel, request: HboneConnectRequest, upstream: Duplex): void {
     const { stream } = held;
+    if (answered.has(stream)) {
+      // Refused meanwhile (early data past the limit, reset under memory pressure): the upstream
+      // is not needed.
+      upstream.destroy();
+      this.#opts.onTunnelClosed?.({ bytesAtoB: 0, bytesBtoA: 0, error: new Error('the CONNECT was refused before it was answered'), abortedBy: 'a', request, durationMs: 0 });
+      return;
+    }
     if (stream.closed || stream.destroyed) {
       // The peer reset the CONNECT while the handler was connecting: the upstream it opened goes,
       // and its owner hears the tunnel closed (a record it opened must not stay open forever).
@@ -802,12 +809,6 @@ export class HboneServer {
         bytesAtoB: 0, bytesBtoA: 0, error: new Error('the peer reset the CONNECT before it was answered'), abortedBy: 'a',
         request, durationMs: 0,
       });
-      return;
-    }
-    if (answered.has(stream)) {
-      // Refused meanwhile (early data past the limit): the upstream is not needed.
-      upstream.destroy();
-      this.#opts.onTunnelClosed?.({ bytesAtoB: 0, bytesBtoA: 0, error: new Error('the CONNECT was refused before it was answered'), abortedBy: 'a', request, durationMs: 0 });
       return;
     }
     answered.add(stream);

@@ -70,7 +70,7 @@ test('TunnelMemory: over the budget the largest are reset first, until the total
 
 // The cost the brief bounds: one pass over 100,000 tunnels, no allocation, no sort. Printed, not
 // asserted (a loaded 2-core machine is slower than any figure).
-test('TunnelMemory: one check over 100,000 tunnels (printed)', (t) => {
+test('TunnelMemory: one check over 100,000 tunnels (printed)', () => {
   const sessions = Array.from({ length: 1_000 }, (): SessionTally => ({ unread: 0, answered: 0 }));
   const { m, reset } = memory(2 ** 40);
   for (let i = 0; i < 100_000; i++) m.add(tunnel(sessions[i % 1_000]!, { unread: (i * 7919) % 300_000, toPeer: (i * 104_729) % 262_144 }));
@@ -95,6 +95,5 @@ test('TunnelMemory: one check over 100,000 tunnels (printed)', (t) => {
   const smallestReset = Math.min(...overReset.map((r) => r.held));
   // Largest first: no tunnel spared holds a class above the smallest one reset.
   assert.ok(all.every((tn) => tn.reset || classOf(tn.held) <= classOf(smallestReset)));
-  t.diagnostic(`one check over 100,000 tunnels: ${under.toFixed(2)} ms under the budget, ${pressure.toFixed(2)} ms over it (${overReset.length} reset)`);
   console.log(`TunnelMemory: one check over 100,000 tunnels: ${under.toFixed(2)} ms under the budget, ${pressure.toFixed(2)} ms over it (${overReset.length} reset)`);
 });

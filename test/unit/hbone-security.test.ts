@@ -437,7 +437,7 @@ test('reset_high_memory_stream: peers sending over many sessions and identities 
   await until('tunnels are reset, each with its upstream', () => resets() > 0 && destroyed() === resets(), 10_000, { explain: () => `${resets()} resets, ${destroyed()} upstreams destroyed, ${held()} bytes held` });
   await until('the server holds its budget at most', () => held() <= budget && hb.server.stats().heldBytes <= budget, 10_000, { explain: () => `${held()} bytes in the destinations, ${hb.server.stats().heldBytes} measured` });
   assert.equal(hb.server.stats().sessionsThrottled, 0, 'no session went over its own buffer');
-  assert.equal(resets(), destroyed());
+  await until('every reset destroyed its upstream', () => destroyed() === resets(), 5_000);
 });
 
 // Pending CONNECTs: what a client sends before its answer (up to maxEarlyData each) is held too.
@@ -446,8 +446,10 @@ test('reset_high_memory_stream: bytes sent on CONNECTs not yet answered count ag
   const upstreams: Duplex[] = [];
   let release!: () => void;
   const decided = new Promise<void>((r) => { release = r; });
+  let refusedBeforeAnswer = 0;
   const hb = await startHbone({
     memoryBudget: budget,
+    onTunnelClosed: (c) => { if (c.error?.message === 'the CONNECT was refused before it was answered') refusedBeforeAnswer++; },
     handler: async () => {
       await decided;
       const d = new Duplex({ read() {}, write(_c, _e, cb) { cb(); } });
@@ -471,6 +473,7 @@ test('reset_high_memory_stream: bytes sent on CONNECTs not yet answered count ag
   assert.equal(hb.server.stats().refusals['early-data'], 0);
   release();
   await until('the reset CONNECTs\' upstreams are closed', () => upstreams.length === 32 && upstreams.filter((d) => d.destroyed).length === resets(), 5_000);
+  assert.equal(refusedBeforeAnswer, resets(), 'each reset CONNECT is reported closed as refused, not as reset by the peer');
 });
 
 // Under its budget the server resets nothing, however slowly its peers read.
