@@ -97,3 +97,7 @@ test('TunnelMemory: one check over 100,000 tunnels (printed)', () => {
   assert.ok(all.every((tn) => tn.reset || classOf(tn.held) <= classOf(smallestReset)));
   console.log(`TunnelMemory: one check over 100,000 tunnels: ${under.toFixed(2)} ms under the budget, ${pressure.toFixed(2)} ms over it (${overReset.length} reset)`);
 });
+
+test('TunnelMemory: a budget that is not a positive number of bytes is refused, naming the option', () => {
+  for (const bad of [0, -1, Number.NaN]) assert.throws(() => memory(bad), new RegExp(`memoryBudget must be a positive number of bytes, not ${bad}`));
+});
