@@ -50,7 +50,7 @@ export interface InboundOptions {
   connectTimeoutMs?: number;
   /** Tunnels one peer (identity and address) may hold open or opening (HboneServer; default DEFAULT_MAX_TUNNELS_PER_PEER). */
   maxTunnelsPerPeer?: number;
-  /** Bytes all tunnels may hold together before the largest are reset (HboneServer; default DEFAULT_MEMORY_BUDGET). */
+  /** Bytes all tunnels may hold together before the largest are reset (HboneServer; default half the cgroup memory limit, defaultMemoryBudget). */
   memoryBudget?: number;
 }
 
@@ -108,6 +108,8 @@ export class Inbound {
         peer: e.peer.spiffeId, address: e.peer.address, error: e.error, code: e.code, tunnels: e.streams,
       }),
     });
+    // Tunnels are reset past this, before the container's memory limit is reached (tuning.ts).
+    opts.log.info('HBONE memory budget', { ...this.server.memoryBudget });
   }
 
   /**

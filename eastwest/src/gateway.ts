@@ -187,6 +187,7 @@ export class EastWestGateway {
         peer: e.peer.spiffeId, address: e.peer.address, error: e.error, code: e.code, tunnels: e.streams,
       }),
     });
+    this.#o.log.info('HBONE memory budget', { ...this.#server.memoryBudget });
   }
 
   /** A renewed certificate or new roots: new sessions and the next export read use them; open ones carry on. */

@@ -1,4 +1,35 @@
 import { startChecking, stopChecking } from './session-buffer.ts';
+import { FALLBACK_MEMORY_BUDGET, MEMORY_BUDGET_FRACTION } from './tuning.ts';
+import { ownMemoryLimit } from '../sys/cgroup.ts';
+import { findCgroup2Root } from '../sys/mounts.ts';
+
+/** A server's memory budget and where it came from (logged at start by each component). */
+export interface MemoryBudget {
+  bytes: number;
+  /** The cgroup memory limit it is a fraction of, or undefined: none (`max`) or unreadable. */
+  limit: number | undefined;
+  /** How it was chosen, for the start-up log line. */
+  from: string;
+}
+
+/**
+ * The default memory budget: MEMORY_BUDGET_FRACTION of this process's cgroup v2 memory limit
+ * (lib/sys/cgroup.ts ownMemoryLimit; the cgroup v2 mount found in /proc/self/mountinfo), or
+ * FALLBACK_MEMORY_BUDGET when there is none or it cannot be read. `limit` is for tests.
+ */
+export function defaultMemoryBudget(limit: () => number | undefined = readOwnLimit): MemoryBudget {
+  const l = limit();
+  if (l === undefined) return { bytes: FALLBACK_MEMORY_BUDGET, limit: undefined, from: 'no cgroup memory limit (max or unreadable): the fallback' };
+  return { bytes: Math.floor(l * MEMORY_BUDGET_FRACTION), limit: l, from: `${MEMORY_BUDGET_FRACTION} of the cgroup memory limit` };
+}
+
+function readOwnLimit(): number | undefined {
+  try {
+    return ownMemoryLimit(findCgroup2Root());
+  } catch {
+    return undefined;
+  }
+}
 
 /** Where a tunnel's bytes wait: a stream's or socket's buffers, read at every check. */
 export interface Buffered {
@@ -29,7 +60,7 @@ export interface TrackedTunnel {
 }
 
 export interface TunnelMemoryOptions<T extends TrackedTunnel> {
-  /** Bytes all tunnels may hold together (DEFAULT_MEMORY_BUDGET). */
+  /** Bytes all tunnels may hold together (defaultMemoryBudget). */
   budget: number;
   /** Resets stop once the total is below this (a fraction of the budget, MEMORY_RESET_TARGET). */
   target: number;

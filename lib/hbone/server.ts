@@ -18,7 +18,7 @@ import { forwardedFor, type ForwardedNode } from './forwarded.ts';
 import { pipeBidirectional, type PipeResult } from './pipe.ts';
 import { RapidResetGuard, type RapidResetLimits } from './rapid-reset.ts';
 import { SessionBuffer } from './session-buffer.ts';
-import { TunnelMemory, type TrackedTunnel } from './memory-pressure.ts';
+import { TunnelMemory, defaultMemoryBudget, type MemoryBudget, type TrackedTunnel } from './memory-pressure.ts';
 import { connectionCounter, type ConnectionCounter } from '../listener-limits.ts';
 import { KeyedCount } from '../keyed-count.ts';
 import {
@@ -29,7 +29,6 @@ import {
   DEFAULT_MAX_FRAME_SIZE,
   DEFAULT_MAX_SESSION_MEMORY_MB,
   DEFAULT_MAX_EARLY_DATA,
-  DEFAULT_MEMORY_BUDGET,
   DEFAULT_SESSION_BUFFER,
   DEFAULT_SERVER_IDLE_TIMEOUT_MS,
   DEFAULT_STREAM_WINDOW,
@@ -242,7 +241,8 @@ export interface HboneServerOptions {
    * and destinations' buffers, the pipes', what CONNECTs carried before their answer). Past it the
    * tunnels holding the most are reset (RST_STREAM ENHANCE_YOUR_CALM, the destination a TCP RST),
    * largest first, until the total is below 3/4 of it, each counted and named `memory-pressure`
-   * (Envoy's reset_high_memory_stream). Default DEFAULT_MEMORY_BUDGET (1 GiB; tuning.ts says why).
+   * (Envoy's reset_high_memory_stream). Default: half the process's cgroup memory limit, 256 MiB
+   * without one (defaultMemoryBudget; tuning.ts says why); `memoryBudget` on the server says which.
    */
   memoryBudget?: number;
   onRefusal?: (refusal: HboneRefusal) => void;
@@ -363,6 +363,8 @@ export class HboneServer {
     },
   };
   #closing = false;
+  /** The memory budget chosen and why (each component logs it at start). */
+  readonly memoryBudget: MemoryBudget;
   /** Every tunnel and CONNECT not yet answered against memoryBudget; its check also judges the session buffers. */
   readonly #memory: TunnelMemory<HeldTunnel>;
 
@@ -370,7 +372,8 @@ export class HboneServer {
     this.#opts = opts;
     this.#forward = (opts.forwardHeaders ?? DEFAULT_FORWARDED_HEADERS).map((h) => h.toLowerCase());
     this.maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
-    const memoryBudget = opts.memoryBudget ?? DEFAULT_MEMORY_BUDGET;
+    this.memoryBudget = opts.memoryBudget !== undefined ? { bytes: opts.memoryBudget, limit: undefined, from: 'the memoryBudget option' } : defaultMemoryBudget();
+    const memoryBudget = this.memoryBudget.bytes;
     this.#memory = new TunnelMemory<HeldTunnel>({
       budget: memoryBudget,
       target: memoryBudget * MEMORY_RESET_TARGET,

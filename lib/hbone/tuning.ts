@@ -125,14 +125,22 @@ export const SETTINGS_ACK_TIMEOUT_MS = 5_000;
  * buffers, the pipes', and what CONNECTs carried before their answer (memory-pressure.ts). Past it
  * the tunnels holding the most are reset (`memory-pressure`) until the total is below
  * MEMORY_RESET_TARGET of it, as Envoy's reset_high_memory_stream does under memory pressure.
- * 1 GiB: under legitimate load a tunnel holds at most its pipe's 256 KiB a direction while its far
- * side reads slower than its near side sends, plus what its stream has unread, and a session's
- * unread bytes are throttled at its buffer (64 MiB); so 1 GiB is 4,096 tunnels every one of them
- * backed up at the same moment, or sixteen sessions each at its buffer, many times what a node's
- * agent or a waypoint carries backed up at once, while it is a sixteenth of what 1,024 sessions at
- * their buffers (or 16,384 tunnels of one peer that does not read, 5 GiB) would take.
+ * By default it is this fraction of the process's cgroup v2 memory limit (memory.max, read at
+ * start: defaultMemoryBudget), so that the server resets tunnels before the kernel kills the
+ * container: the other half is the process itself (V8's heap, code) and what the budget does not
+ * see (kernel socket buffers, the capacity of pooled chunks beyond what they hold; ARCHITECTURE).
  */
-export const DEFAULT_MEMORY_BUDGET = 1024 * 1024 * 1024;
+export const MEMORY_BUDGET_FRACTION = 0.5;
+
+/**
+ * The budget when the process has no cgroup memory limit (`max`) or it cannot be read: half the
+ * smallest limit Weft installs a component with (the east-west gateway's 512 MiB;
+ * cli/install/eastwest.ts), so that it fits every container Weft ships. Under legitimate load a
+ * tunnel holds at most its stream window (4 MiB) and its pipe (256 KiB a direction) while its far
+ * side reads slower than its near side sends, and a session's unread bytes are throttled at its
+ * buffer (64 MiB): 256 MiB is sixty such uploads backed up at the same moment.
+ */
+export const FALLBACK_MEMORY_BUDGET = 256 * 1024 * 1024;
 
 /** Resets under memory pressure stop once the total is below this fraction of the budget. */
 export const MEMORY_RESET_TARGET = 0.75;

@@ -124,3 +124,35 @@ export function findKubeletCgroups(root: string, mount: string, procRoot = '/pro
   }
   return [...found];
 }
+
+/**
+ * The memory limit of this process's cgroup v2: the lowest memory.max from its own cgroup (the
+ * `0::` line of /proc/self/cgroup, relative to the cgroup v2 mount `mount`) up to that mount's
+ * root, so a pod's limit counts as well as its container's. undefined when every level says `max`
+ * (unlimited) or none can be read (no cgroup v2, no memory controller): the caller picks its own.
+ */
+export function ownMemoryLimit(mount: string, procSelfCgroup = '/proc/self/cgroup'): number | undefined {
+  let line: string | undefined;
+  try {
+    line = readFileSync(procSelfCgroup, 'utf8').split('\n').find((l) => l.startsWith('0::'));
+  } catch {
+    return undefined;
+  }
+  if (line === undefined) return undefined;
+  let dir = join(mount, line.slice(3));
+  let lowest: number | undefined;
+  for (;;) {
+    const rel = relative(mount, dir);
+    if (rel.startsWith('..') || isAbsolute(rel)) break;
+    try {
+      const v = readFileSync(join(dir, 'memory.max'), 'utf8').trim();
+      const n = Number(v);
+      if (v !== 'max' && Number.isSafeInteger(n) && n > 0 && (lowest === undefined || n < lowest)) lowest = n;
+    } catch {
+      /* no memory controller at this level (the root has no memory.max) */
+    }
+    if (rel === '') break;
+    dir = join(dir, '..');
+  }
+  return lowest;
+}

@@ -1,6 +1,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { classOf, TunnelMemory, type SessionTally, type TrackedTunnel } from '../../lib/hbone/memory-pressure.ts';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { classOf, defaultMemoryBudget, TunnelMemory, type SessionTally, type TrackedTunnel } from '../../lib/hbone/memory-pressure.ts';
+import { FALLBACK_MEMORY_BUDGET } from '../../lib/hbone/tuning.ts';
+import { HboneServer } from '../../lib/hbone/server.ts';
+import { ownMemoryLimit } from '../../lib/sys/cgroup.ts';
+import { AGENT_RESOURCES } from '../../cli/install/agent.ts';
+import { EASTWEST_RESOURCES } from '../../cli/install/eastwest.ts';
+import { WAYPOINT_RESOURCES } from '../../controller/src/waypoints-kube.ts';
 
 // Tunnels as the check sees them: buffers with lengths (a stream's and its destination's).
 function tunnel(session: SessionTally, bytes: { unread?: number; toPeer?: number; early?: number; answered?: boolean }): TrackedTunnel {
@@ -100,4 +109,56 @@ test('TunnelMemory: one check over 100,000 tunnels (printed)', () => {
 
 test('TunnelMemory: a budget that is not a positive number of bytes is refused, naming the option', () => {
   for (const bad of [0, -1, Number.NaN]) assert.throws(() => memory(bad), new RegExp(`memoryBudget must be a positive number of bytes, not ${bad}`));
+});
+
+// The default budget must reset tunnels before the kernel kills the container: before, it was a
+// fixed 1 GiB, at or above every component's memory limit (agent and waypoint 1Gi, east-west 512Mi).
+test('the default memory budget is half the cgroup v2 memory.max, the lowest from the process cgroup up to the mount; the fallback when unlimited or unreadable', () => {
+  const root = mkdtempSync(join(tmpdir(), 'weft-cg-'));
+  try {
+    const mount = join(root, 'cgroup');
+    const ctr = join(mount, 'kubepods', 'pod1', 'ctr');
+    mkdirSync(ctr, { recursive: true });
+    const self = join(root, 'self-cgroup');
+    writeFileSync(self, '0::/kubepods/pod1/ctr\n');
+    writeFileSync(join(mount, 'kubepods', 'memory.max'), 'max\n');
+    writeFileSync(join(mount, 'kubepods', 'pod1', 'memory.max'), `${512 * 1024 * 1024}\n`);
+    writeFileSync(join(ctr, 'memory.max'), 'max\n');
+    // The pod's limit, two levels up, binds the container.
+    assert.equal(ownMemoryLimit(mount, self), 512 * 1024 * 1024);
+    writeFileSync(join(ctr, 'memory.max'), `${256 * 1024 * 1024}\n`);
+    assert.equal(ownMemoryLimit(mount, self), 256 * 1024 * 1024);
+    // A cgroup namespace: the process's cgroup is the mount's root, whose memory.max is its limit.
+    writeFileSync(join(root, 'ns-cgroup'), '0::/\n');
+    writeFileSync(join(ctr, 'memory.max'), `${1024 * 1024 * 1024}\n`);
+    assert.equal(ownMemoryLimit(ctr, join(root, 'ns-cgroup')), 1024 * 1024 * 1024);
+    // Unlimited everywhere, garbage, no such file: no limit.
+    writeFileSync(join(mount, 'kubepods', 'pod1', 'memory.max'), 'max\n');
+    writeFileSync(join(ctr, 'memory.max'), 'lots\n');
+    assert.equal(ownMemoryLimit(mount, self), undefined);
+    assert.equal(ownMemoryLimit(mount, join(root, 'missing')), undefined);
+    writeFileSync(join(root, 'v1-only'), '4:memory:/x\n');
+    assert.equal(ownMemoryLimit(mount, join(root, 'v1-only')), undefined);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+  const mi = 1024 * 1024;
+  const limits = { agent: AGENT_RESOURCES.limits.memory, waypoint: WAYPOINT_RESOURCES.limits.memory, 'east-west gateway': EASTWEST_RESOURCES.limits.memory };
+  for (const [component, q] of Object.entries(limits)) {
+    const m = /^(\d+)(Mi|Gi)$/.exec(q);
+    assert.ok(m, `${component}'s limit ${q}`);
+    const bytes = Number(m[1]) * (m[2] === 'Gi' ? 1024 : 1) * mi;
+    const b = defaultMemoryBudget(() => bytes);
+    assert.equal(b.bytes, bytes / 2, component);
+    assert.equal(b.limit, bytes);
+    // The fallback fits every container Weft ships, should the limit be unreadable.
+    assert.ok(FALLBACK_MEMORY_BUDGET <= bytes / 2, `${component}: the fallback ${FALLBACK_MEMORY_BUDGET} fits under ${q}`);
+  }
+  const none = defaultMemoryBudget(() => undefined);
+  assert.equal(none.bytes, FALLBACK_MEMORY_BUDGET);
+  assert.match(none.from, /fallback/);
+  // A server with no memoryBudget takes the default and says where it came from.
+  const s = new HboneServer({ tls: { ca: [] }, handler: async () => { throw new Error('unused'); } });
+  assert.deepEqual(s.memoryBudget, defaultMemoryBudget());
+  assert.equal(new HboneServer({ tls: { ca: [] }, memoryBudget: 1234, handler: async () => { throw new Error('unused'); } }).memoryBudget.bytes, 1234);
 });

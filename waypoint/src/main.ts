@@ -340,6 +340,7 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
     },
     onSessionError: (e) => log.warn('HBONE session ended on an error, with every tunnel on it', { peer: e.peer.spiffeId, address: e.peer.address, error: e.error, code: e.code, tunnels: e.streams }),
   });
+  log.info('HBONE memory budget', { ...hbone.memoryBudget });
   // New sessions, both ways, use the new certificate and roots; open ones carry on.
   const moveHbone = (): void => {
     hbone.setTls(tlsMaterial(id.current()));
