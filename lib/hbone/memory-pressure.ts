@@ -49,6 +49,8 @@ export interface TrackedTunnel {
   readonly stream: Buffered;
   /** The destination once the CONNECT is answered: what it sent and the pipe has not read, what the pipe wrote to it and it has not taken. */
   upstream: Buffered | undefined;
+  /** The other end of the upstream when it is an in-memory pair (HboneConnectDecision's `inner`). */
+  inner: Buffered | undefined;
   /** Bytes received before the answer, held aside until the tunnel opens (server.ts, maxEarlyData). */
   early: number;
   /** Bytes held at the last check. */
@@ -91,7 +93,7 @@ export function classOf(bytes: number): number {
 /**
  * A server's tunnels against one memory budget, with the semantics of Envoy's overload action
  * envoy.overload_actions.reset_high_memory_stream: while what all tunnels hold (both directions:
- * stream and destination buffers, the pipe's, and what CONNECTs not yet answered carried) is over
+ * stream and destination buffers, an in-memory pair's other end, the pipe's, and what CONNECTs not yet answered carried) is over
  * the budget, the tunnels holding the most are reset, largest class first, until the total is below
  * the target. None is exempt for moving: a tunnel that moves a byte a second while holding megabytes
  * holds them all the same. Under the budget nothing is reset, however slowly a peer reads.
@@ -152,6 +154,8 @@ export class TunnelMemory<T extends TrackedTunnel> {
       const u = t.upstream;
       if (u !== undefined) {
         held += u.readableLength + u.writableLength;
+        const i = t.inner;
+        if (i !== undefined) held += i.readableLength + i.writableLength;
         t.session.unread += unread;
         t.session.answered++;
       }

@@ -18,7 +18,7 @@ import { forwardedFor, type ForwardedNode } from './forwarded.ts';
 import { pipeBidirectional, type PipeResult } from './pipe.ts';
 import { RapidResetGuard, type RapidResetLimits } from './rapid-reset.ts';
 import { SessionBuffer } from './session-buffer.ts';
-import { TunnelMemory, defaultMemoryBudget, type MemoryBudget, type TrackedTunnel } from './memory-pressure.ts';
+import { TunnelMemory, defaultMemoryBudget, type Buffered, type MemoryBudget, type TrackedTunnel } from './memory-pressure.ts';
 import { connectionCounter, type ConnectionCounter } from '../listener-limits.ts';
 import { KeyedCount } from '../keyed-count.ts';
 import {
@@ -87,7 +87,11 @@ export interface HboneConnectRequest {
 
 /** Accept with the upstream (already connected), or refuse with a status and a reason. */
 export type HboneConnectDecision =
-  | { upstream: Duplex }
+  /**
+   * `inner`: when the upstream is one end of an in-memory pair (the waypoint's duplexPair), the
+   * other end, whose buffers hold the tunnel's bytes too: they count against the memory budget.
+   */
+  | { upstream: Duplex; inner?: Buffered }
   /**
    * `kind`: why, for the refusal's count (default `denied`, a policy's no); `label`: the owner's own
    * name for it, handed back in the HboneRefusal so that the owner counts the refusal once, there.
@@ -736,7 +740,7 @@ export class HboneServer {
     }
     this.#tunnelsOf.take(peerKey);
     // In the server's tunnel memory from here, early data included, to the stream's close.
-    const held: HeldTunnel = { stream, upstream: undefined, early: 0, held: 0, reset: false, session: state, authority, target };
+    const held: HeldTunnel = { stream, upstream: undefined, inner: undefined, early: 0, held: 0, reset: false, session: state, authority, target };
     this.#memory.add(held);
     stream.once('close', () => {
       this.#tunnelsOf.release(peerKey);
@@ -781,7 +785,7 @@ export class HboneServer {
       decision = Promise.reject(err);
     }
     decision.then((d) => {
-      if ('upstream' in d) this.#accept(held, request, d.upstream);
+      if ('upstream' in d) this.#accept(held, request, d.upstream, d.inner);
       else {
         if (stream.closed || stream.destroyed) return;
         this.#refuse({ kind: d.kind ?? 'denied', status: d.status, reason: d.reason, peer: peerInfo, authority, target, ...(d.label !== undefined ? { label: d.label } : {}) });
@@ -795,7 +799,7 @@ export class HboneServer {
     });
   }
 
-  #accept(held: HeldTunnel, request: HboneConnectRequest, upstream: Duplex): void {
+  #accept(held: HeldTunnel, request: HboneConnectRequest, upstream: Duplex, inner: Buffered | undefined): void {
     const { stream } = held;
     if (answered.has(stream)) {
       // Refused meanwhile (early data past the limit, reset under memory pressure): the upstream
@@ -831,6 +835,7 @@ export class HboneServer {
     // From here its early bytes are in the stream's or the upstream's buffers.
     held.early = 0;
     held.upstream = upstream;
+    held.inner = inner;
     stream.respond({ ':status': 200 });
     this.#stats.tunnelsOpened++;
     this.#stats.tunnelsActive++;

@@ -16,6 +16,7 @@ function tunnel(session: SessionTally, bytes: { unread?: number; toPeer?: number
   return {
     stream: { readableLength: bytes.unread ?? 0, writableLength: bytes.toPeer ?? 0 },
     upstream: bytes.answered === false ? undefined : { readableLength: 0, writableLength: 0 },
+    inner: undefined,
     early: bytes.early ?? 0,
     held: 0,
     reset: false,
@@ -75,6 +76,20 @@ test('TunnelMemory: over the budget the largest are reset first, until the total
   m2.stop();
   assert.equal(reset2.length, 6);
   assert.ok(reset2.every((t) => t.held === 100));
+});
+
+// The waypoint answers with one end of an in-memory pair: bytes in the other end (the engine's)
+// are the tunnel's too. Before, they were not counted and such a tunnel held 9 MiB unseen.
+test('TunnelMemory: what an in-memory pair holds on the far end (inner) counts', () => {
+  const { m, reset } = memory(10_000, 7_500);
+  const s: SessionTally = { unread: 0, answered: 0 };
+  const t = tunnel(s, { unread: 100 });
+  t.inner = { readableLength: 6_000, writableLength: 5_000 };
+  m.add(t);
+  m.check();
+  m.stop();
+  assert.equal(t.held, 11_100);
+  assert.deepEqual(reset, [t]);
 });
 
 // The cost the brief bounds: one pass over 100,000 tunnels, no allocation, no sort. Printed, not

@@ -42,8 +42,20 @@ export function tunnelHandler(
     ours.once('close', () => {
       setTimeout(() => { if (!theirs.destroyed) theirs.destroy(); }, TUNNEL_CLOSE_GRACE_MS).unref();
     });
+    // The server tears `theirs` down when the tunnel is reset (its peer's RST_STREAM, memory
+    // pressure): a pair passes that on to `ours` as a clean end at most, and the engine would
+    // send the endpoint a FIN and keep writing into a pair nobody reads. A close before both
+    // directions finished is a reset: `ours` goes with an error, so the engine resets the endpoint
+    // (RFC 9113 8.5: a stream error becomes a TCP RST).
+    theirs.once('close', () => {
+      if (ours.destroyed || (theirs.readableEnded && theirs.writableFinished)) return;
+      ours.destroy(theirs.errored ?? new Error('HBONE tunnel reset'));
+    });
+    // The engine listens for errors on `ours` once it takes it; one before that costs only the tunnel.
+    ours.on('error', () => {});
     engine.handleTunnel(ours, info);
-    return { upstream: theirs };
+    // What the pair holds on the engine's side counts against the server's memory budget too.
+    return { upstream: theirs, inner: ours };
   };
 }
 
