@@ -59,6 +59,27 @@ export interface TrackedTunnel {
   reset: boolean;
   /** Its session's tally. */
   readonly session: SessionTally;
+  /** Its peer (identity and address): under pressure the peer holding the most loses tunnels first. */
+  readonly peer: string;
+}
+
+/** Why a tunnel is reset, for its log line. */
+export interface MemoryReset {
+  held: number;
+  peerHeld: number;
+  peerTunnels: number;
+  total: number;
+  tunnels: number;
+}
+
+/** A peer's tunnels under pressure. */
+interface PeerHeld<T> {
+  held: number;
+  tunnels: T[];
+  /** Its tunnels are sorted, largest first, from the first time it is chosen. */
+  sorted: boolean;
+  /** Its next tunnel to reset. */
+  next: number;
 }
 
 export interface TunnelMemoryOptions<T extends TrackedTunnel> {
@@ -71,42 +92,30 @@ export interface TunnelMemoryOptions<T extends TrackedTunnel> {
    * whether checks are still needed while no tunnel is left (a throttled session to release).
    */
   afterPass: () => boolean;
-  /** Resets `tunnel`: it holds `held` bytes, the `tunnels` held `total` together at this check. */
-  reset: (tunnel: T, e: { held: number; total: number; tunnels: number }) => void;
-}
-
-/**
- * Classes of held bytes: four per power of two (a class's tunnels hold within a fifth of each
- * other), 2^31 and more in the last one. Envoy's reset_high_memory_stream uses eight power-of-two
- * classes from 256 KiB (source/common/buffer/watermark_buffer.cc); finer classes cost nothing here.
- */
-const CLASSES = 128;
-
-/** The class of `bytes` (0 for 0 bytes). */
-export function classOf(bytes: number): number {
-  if (bytes >= 0x80000000) return CLASSES - 1;
-  if (bytes < 4) return bytes;
-  const e = 31 - Math.clz32(bytes);
-  return (e << 2) | ((bytes >>> (e - 2)) & 3);
+  /** Resets `tunnel`: it holds `held` bytes; its peer `peerHeld` in `peerTunnels`, the most of any peer; all `tunnels` held `total` at this check. */
+  reset: (tunnel: T, e: MemoryReset) => void;
 }
 
 /**
  * A server's tunnels against one memory budget, with the semantics of Envoy's overload action
  * envoy.overload_actions.reset_high_memory_stream: while what all tunnels hold (both directions:
- * stream and destination buffers, an in-memory pair's other end, the pipe's, and what CONNECTs not yet answered carried) is over
- * the budget, the tunnels holding the most are reset, largest class first, until the total is below
- * the target. None is exempt for moving: a tunnel that moves a byte a second while holding megabytes
- * holds them all the same. Under the budget nothing is reset, however slowly a peer reads.
+ * stream and destination buffers, an in-memory pair's other end, the pipe's, and what CONNECTs not
+ * yet answered carried) is over the budget, tunnels are reset until the total is below the target.
+ * Which ones goes by peer first (identity and address): Envoy picks the largest streams, which lets
+ * an attacker choose the victim (a legitimate upload holds its stream window and pipe, more than
+ * any of many small zero-window tunnels). Here the peer holding the most loses its largest tunnels
+ * until it holds no more than the next peer or its fair share (the budget over the peers holding
+ * bytes), and again, so that whoever holds the most pays. None is exempt for moving: a tunnel that
+ * moves a byte a second while holding megabytes holds them all the same. Under the budget nothing
+ * is reset, however slowly a peer reads.
  *
  * Each check is one pass over the tunnels that allocates nothing: every tunnel's bytes are summed
- * into its class and its session's tally (the session buffers' check, merged into this one so that
- * the streams are walked once a tick); only under pressure a second pass resets the classes from
- * the top, no sort.
+ * into its session's tally (the session buffers' check, merged into this one so that the streams
+ * are walked once a tick); only under pressure are the tunnels grouped by peer and sorted.
  */
 export class TunnelMemory<T extends TrackedTunnel> {
   readonly #opts: TunnelMemoryOptions<T>;
   readonly #tunnels = new Set<T>();
-  readonly #bytes = new Float64Array(CLASSES);
   readonly #check = (): void => this.check();
   #checking = false;
   /** Bytes all tunnels held at the last check. */
@@ -142,8 +151,6 @@ export class TunnelMemory<T extends TrackedTunnel> {
 
   /** One check: measures every tunnel, then resets the largest while over the budget. */
   check(): void {
-    const bytes = this.#bytes;
-    bytes.fill(0);
     let total = 0;
     let n = 0;
     for (const t of this.#tunnels) {
@@ -162,7 +169,6 @@ export class TunnelMemory<T extends TrackedTunnel> {
       t.held = held;
       total += held;
       n++;
-      bytes[classOf(held)]! += held;
     }
     this.heldBytes = total;
     const needed = this.#opts.afterPass();
@@ -170,27 +176,47 @@ export class TunnelMemory<T extends TrackedTunnel> {
     if (this.#tunnels.size === 0 && !needed) this.stop();
   }
 
-  /** Resets the tunnels of the largest classes until `total` is below the target. */
+  /**
+   * Resets tunnels until `total` is below the target: the peer holding the most loses its largest
+   * tunnels until it holds no more than the next peer or its fair share (at least one tunnel, so
+   * that each round frees something), then the peers are ranked again.
+   */
   #relieve(total: number, n: number): void {
-    const bytes = this.#bytes;
-    let toFree = total - this.#opts.target;
-    // Classes above `last` are reset whole; in `last`, tunnels until enough is freed.
-    let last = CLASSES - 1;
-    for (; last > 1; last--) {
-      if (bytes[last]! >= toFree) break;
-      toFree -= bytes[last]!;
-    }
+    const byPeer = new Map<string, PeerHeld<T>>();
     for (const t of this.#tunnels) {
-      const held = t.held;
-      if (t.reset || held === 0) continue;
-      const c = classOf(held);
-      if (c < last) continue;
-      if (c === last) {
-        if (toFree <= 0) continue;
-        toFree -= held;
+      if (t.reset || t.held === 0) continue;
+      let p = byPeer.get(t.peer);
+      if (p === undefined) {
+        p = { held: 0, tunnels: [], sorted: false, next: 0 };
+        byPeer.set(t.peer, p);
       }
-      t.reset = true;
-      this.#opts.reset(t, { held, total, tunnels: n });
+      p.held += t.held;
+      p.tunnels.push(t);
+    }
+    const peers = [...byPeer.values()].sort((a, b) => b.held - a.held);
+    const fair = this.#opts.budget / peers.length;
+    const target = this.#opts.target;
+    while (total > target && peers.length > 0) {
+      const p = peers.shift()!;
+      const floor = Math.max(peers[0]?.held ?? 0, fair);
+      if (!p.sorted) {
+        p.tunnels.sort((a, b) => b.held - a.held);
+        p.sorted = true;
+      }
+      const peerHeld = p.held;
+      const peerTunnels = p.tunnels.length - p.next;
+      do {
+        const t = p.tunnels[p.next++]!;
+        t.reset = true;
+        this.#opts.reset(t, { held: t.held, peerHeld, peerTunnels, total, tunnels: n });
+        p.held -= t.held;
+        total -= t.held;
+      } while (total > target && p.held > floor && p.next < p.tunnels.length);
+      if (p.next === p.tunnels.length) continue;
+      // Back in its place among the others, largest first.
+      let i = 0;
+      while (i < peers.length && peers[i]!.held > p.held) i++;
+      peers.splice(i, 0, p);
     }
   }
 }

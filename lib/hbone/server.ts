@@ -18,7 +18,7 @@ import { forwardedFor, type ForwardedNode } from './forwarded.ts';
 import { pipeBidirectional, type PipeResult } from './pipe.ts';
 import { RapidResetGuard, type RapidResetLimits } from './rapid-reset.ts';
 import { SessionBuffer } from './session-buffer.ts';
-import { TunnelMemory, defaultMemoryBudget, type Buffered, type MemoryBudget, type TrackedTunnel } from './memory-pressure.ts';
+import { TunnelMemory, defaultMemoryBudget, type Buffered, type MemoryBudget, type MemoryReset, type TrackedTunnel } from './memory-pressure.ts';
 import { connectionCounter, type ConnectionCounter } from '../listener-limits.ts';
 import { KeyedCount } from '../keyed-count.ts';
 import {
@@ -242,9 +242,9 @@ export interface HboneServerOptions {
   sessionBuffer?: number;
   /**
    * Bytes all tunnels may hold together, both ways and every session and peer included (streams'
-   * and destinations' buffers, the pipes', what CONNECTs carried before their answer). Past it the
-   * tunnels holding the most are reset (RST_STREAM ENHANCE_YOUR_CALM, the destination a TCP RST),
-   * largest first, until the total is below 3/4 of it, each counted and named `memory-pressure`
+   * and destinations' buffers, the pipes', what CONNECTs carried before their answer). Past it
+   * tunnels are reset (RST_STREAM ENHANCE_YOUR_CALM, the destination a TCP RST), the largest of the
+   * peer holding the most first (memory-pressure.ts), until the total is below 3/4 of it, each counted and named `memory-pressure`
    * (Envoy's reset_high_memory_stream). Default: half the process's cgroup memory limit, 256 MiB
    * without one (defaultMemoryBudget; tuning.ts says why); `memoryBudget` on the server says which.
    */
@@ -579,13 +579,13 @@ export class HboneServer {
     return throttled;
   }
 
-  /** Resets a tunnel the tunnel memory chose (it holds the most while all hold more than the budget). */
-  #resetForMemory(t: HeldTunnel, e: { held: number; total: number; tunnels: number }, budget: number): void {
+  /** Resets a tunnel the tunnel memory chose (its peer holds the most while all hold more than the budget). */
+  #resetForMemory(t: HeldTunnel, e: MemoryReset, budget: number): void {
     const { stream, session: state } = t;
     if (stream.closed || stream.destroyed) return;
     // Ours, not the peer's early reset; a handler still deciding finds it closed and drops its upstream.
     answered.add(stream);
-    const reason = `tunnel to ${t.authority} holds ${e.held} bytes, the most of ${e.tunnels} tunnels holding ${e.total} bytes together, past the server's memory budget ${budget}; reset (largest first, down to ${Math.floor(budget * MEMORY_RESET_TARGET)})`;
+    const reason = `tunnel to ${t.authority} holds ${e.held} bytes; its peer holds ${e.peerHeld} bytes in ${e.peerTunnels} tunnels, the most of any peer, while ${e.tunnels} tunnels hold ${e.total} bytes together, past the server's memory budget ${budget}; reset (the peer holding the most first, its largest tunnels, down to ${Math.floor(budget * MEMORY_RESET_TARGET)})`;
     this.#refuse({ kind: 'memory-pressure', reason, peer: { spiffeId: state.peer.spiffeId, address: state.peer.address }, authority: t.authority, target: t.target });
     // RFC 9113 section 7: ENHANCE_YOUR_CALM, as for early data; the pipe passes it on to the
     // destination as a TCP RST (RFC 9113 section 8.5).
@@ -740,7 +740,7 @@ export class HboneServer {
     }
     this.#tunnelsOf.take(peerKey);
     // In the server's tunnel memory from here, early data included, to the stream's close.
-    const held: HeldTunnel = { stream, upstream: undefined, inner: undefined, early: 0, held: 0, reset: false, session: state, authority, target };
+    const held: HeldTunnel = { stream, upstream: undefined, inner: undefined, early: 0, held: 0, reset: false, session: state, peer: peerKey, authority, target };
     this.#memory.add(held);
     stream.once('close', () => {
       this.#tunnelsOf.release(peerKey);

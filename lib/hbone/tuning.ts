@@ -123,7 +123,7 @@ export const SETTINGS_ACK_TIMEOUT_MS = 5_000;
 /**
  * Bytes all of a server's tunnels may hold together, both ways: streams' and destinations'
  * buffers, the pipes', and what CONNECTs carried before their answer (memory-pressure.ts). Past it
- * the tunnels holding the most are reset (`memory-pressure`) until the total is below
+ * the largest tunnels of the peer holding the most are reset (`memory-pressure`) until the total is below
  * MEMORY_RESET_TARGET of it, as Envoy's reset_high_memory_stream does under memory pressure.
  * By default it is this fraction of the process's cgroup v2 memory limit (memory.max, read at
  * start: defaultMemoryBudget), so that the server resets tunnels before the kernel kills the

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { classOf, defaultMemoryBudget, TunnelMemory, type SessionTally, type TrackedTunnel } from '../../lib/hbone/memory-pressure.ts';
+import { defaultMemoryBudget, TunnelMemory, type SessionTally, type TrackedTunnel } from '../../lib/hbone/memory-pressure.ts';
 import { FALLBACK_MEMORY_BUDGET } from '../../lib/hbone/tuning.ts';
 import { HboneServer } from '../../lib/hbone/server.ts';
 import { ownMemoryLimit } from '../../lib/sys/cgroup.ts';
@@ -12,7 +12,7 @@ import { EASTWEST_RESOURCES } from '../../cli/install/eastwest.ts';
 import { WAYPOINT_RESOURCES } from '../../controller/src/waypoints-kube.ts';
 
 // Tunnels as the check sees them: buffers with lengths (a stream's and its destination's).
-function tunnel(session: SessionTally, bytes: { unread?: number; toPeer?: number; early?: number; answered?: boolean }): TrackedTunnel {
+function tunnel(session: SessionTally, bytes: { unread?: number; toPeer?: number; early?: number; answered?: boolean }, peer = 'p'): TrackedTunnel {
   return {
     stream: { readableLength: bytes.unread ?? 0, writableLength: bytes.toPeer ?? 0 },
     upstream: bytes.answered === false ? undefined : { readableLength: 0, writableLength: 0 },
@@ -21,6 +21,7 @@ function tunnel(session: SessionTally, bytes: { unread?: number; toPeer?: number
     held: 0,
     reset: false,
     session,
+    peer,
   };
 }
 
@@ -29,15 +30,6 @@ function memory(budget: number, target = budget * 0.75): { m: TunnelMemory<Track
   const m = new TunnelMemory<TrackedTunnel>({ budget, target, afterPass: () => false, reset: (t) => reset.push(t) });
   return { m, reset };
 }
-
-test('classOf: four classes per power of two, never smaller for more bytes', () => {
-  assert.deepEqual([0, 1, 2, 3, 4, 5, 6, 7, 8].map(classOf), [0, 1, 2, 3, 8, 9, 10, 11, 12]);
-  assert.equal(classOf(256 * 1024), 18 * 4);
-  assert.equal(classOf(320 * 1024), 18 * 4 + 1);
-  assert.equal(classOf(2 ** 40), 127);
-  let last = 0;
-  for (let b = 0; b < 1 << 20; b += 997) { const c = classOf(b); assert.ok(c >= last, `class of ${b}`); last = c; }
-});
 
 test('TunnelMemory: under the budget nothing is reset, and each session is tallied its answered streams\' unread bytes', () => {
   const { m, reset } = memory(1000);
@@ -54,9 +46,9 @@ test('TunnelMemory: under the budget nothing is reset, and each session is talli
   assert.deepEqual(b, { unread: 0, answered: 0 });
 });
 
-// Envoy's reset_high_memory_stream resets the streams of the largest classes first; here until
-// the total is below the target (3/4 of the budget).
-test('TunnelMemory: over the budget the largest are reset first, until the total is below the target, whatever direction holds the bytes', () => {
+// Envoy's reset_high_memory_stream resets the largest streams first; here the largest of the peer
+// holding the most, until the total is below the target (3/4 of the budget).
+test('TunnelMemory: over the budget one peer\'s largest are reset first, until the total is below the target, whatever direction holds the bytes', () => {
   const { m, reset } = memory(10_000, 7_500);
   const s: SessionTally = { unread: 0, answered: 0 };
   const small = Array.from({ length: 20 }, () => tunnel(s, { unread: 100 }));
@@ -78,6 +70,35 @@ test('TunnelMemory: over the budget the largest are reset first, until the total
   assert.ok(reset2.every((t) => t.held === 100));
 });
 
+// Largest first alone let an attacker choose the victim: one legitimate upload (its 4 MiB stream
+// window and 256 KiB pipe) was reset before any of 48 zero-window tunnels of 320 KiB.
+test('TunnelMemory: by peer: the peer holding the most loses its largest tunnels until it holds no more than the next peer or its fair share; a single large tunnel of another peer stays', () => {
+  const KiB = 1024;
+  const { m, reset } = memory(16_384 * KiB, 12_288 * KiB);
+  const s: SessionTally = { unread: 0, answered: 0 };
+  const upload = tunnel(s, { unread: 4_096 * KiB, toPeer: 256 * KiB }, 'victim');
+  const attack = Array.from({ length: 48 }, (_, i) => tunnel(s, { toPeer: (320 - (i % 3)) * KiB }, 'attacker'));
+  for (const t of [upload, ...attack]) m.add(t);
+  m.check();
+  m.stop();
+  assert.ok(reset.length > 0 && reset.every((t) => t.peer === 'attacker'), reset.map((t) => t.peer).join());
+  assert.ok(!upload.reset);
+  assert.ok(m.heldBytes - reset.reduce((n, t) => n + t.held, 0) <= 12_288 * KiB);
+  // Its largest first.
+  assert.ok(attack.every((t) => t.reset || t.held <= Math.min(...reset.map((r) => r.held))));
+  // Three peers: the largest gives way down to the next one, then both down to their fair share.
+  const { m: m2, reset: r2 } = memory(900, 600);
+  const big = Array.from({ length: 10 }, () => tunnel(s, { unread: 60 }, 'big'));
+  const mid = Array.from({ length: 5 }, () => tunnel(s, { unread: 60 }, 'mid'));
+  const small = Array.from({ length: 3 }, () => tunnel(s, { unread: 50 }, 'small'));
+  for (const t of [...big, ...mid, ...small]) m2.add(t); // 600 + 300 + 150 = 1,050: 450 to free
+  m2.check();
+  m2.stop();
+  const lost = (ts: TrackedTunnel[]): number => ts.filter((t) => t.reset).length;
+  // big: 600 down to 300 (mid's), then each in turn until the total is at most 600.
+  assert.deepEqual([lost(big), lost(mid), lost(small)], [6, 2, 0], JSON.stringify(r2.map((t) => t.peer)));
+});
+
 // The waypoint answers with one end of an in-memory pair: bytes in the other end (the engine's)
 // are the tunnel's too. Before, they were not counted and such a tunnel held 9 MiB unseen.
 test('TunnelMemory: what an in-memory pair holds on the far end (inner) counts', () => {
@@ -97,16 +118,16 @@ test('TunnelMemory: what an in-memory pair holds on the far end (inner) counts',
 test('TunnelMemory: one check over 100,000 tunnels (printed)', () => {
   const sessions = Array.from({ length: 1_000 }, (): SessionTally => ({ unread: 0, answered: 0 }));
   const { m, reset } = memory(2 ** 40);
-  for (let i = 0; i < 100_000; i++) m.add(tunnel(sessions[i % 1_000]!, { unread: (i * 7919) % 300_000, toPeer: (i * 104_729) % 262_144 }));
+  for (let i = 0; i < 100_000; i++) m.add(tunnel(sessions[i % 1_000]!, { unread: (i * 7919) % 300_000, toPeer: (i * 104_729) % 262_144 }, `peer ${i % 1_000}`));
   for (let i = 0; i < 5; i++) m.check(); // warm up
   const passes = 20;
   let started = performance.now();
   for (let i = 0; i < passes; i++) m.check();
   const under = (performance.now() - started) / passes;
-  // Under pressure: the same pass, then the resets of the largest classes (a quarter of the total to free).
+  // Under pressure: the same pass, then the resets, the peers holding the most first (a quarter of the total to free).
   const total = m.heldBytes;
   const { m: over, reset: overReset } = memory(total - 1, total * 0.75);
-  const all = Array.from({ length: 100_000 }, (_, i) => tunnel(sessions[i % 1_000]!, { unread: (i * 7919) % 300_000, toPeer: (i * 104_729) % 262_144 }));
+  const all = Array.from({ length: 100_000 }, (_, i) => tunnel(sessions[i % 1_000]!, { unread: (i * 7919) % 300_000, toPeer: (i * 104_729) % 262_144 }, `peer ${i % 1_000}`));
   for (const tn of all) over.add(tn);
   started = performance.now();
   over.check();
@@ -116,9 +137,17 @@ test('TunnelMemory: one check over 100,000 tunnels (printed)', () => {
   assert.equal(reset.length, 0);
   const freed = overReset.reduce((n, r) => n + r.held, 0);
   assert.ok(total - freed < total * 0.75 && total - freed > total * 0.6, `${freed} of ${total} bytes freed`);
-  const smallestReset = Math.min(...overReset.map((r) => r.held));
-  // Largest first: no tunnel spared holds a class above the smallest one reset.
-  assert.ok(all.every((tn) => tn.reset || classOf(tn.held) <= classOf(smallestReset)));
+  // The peers holding the most first: each peer that lost a tunnel held at least as much as every peer that lost none.
+  const heldBy = new Map<string, { held: number; lost: boolean }>();
+  for (const tn of all) {
+    const p = heldBy.get(tn.peer) ?? { held: 0, lost: false };
+    p.held += tn.held;
+    p.lost ||= tn.reset;
+    heldBy.set(tn.peer, p);
+  }
+  const peers = [...heldBy.values()];
+  const spared = Math.max(0, ...peers.filter((p) => !p.lost).map((p) => p.held));
+  assert.ok(peers.every((p) => !p.lost || p.held >= spared), 'a peer holding less lost tunnels before one holding more');
   console.log(`TunnelMemory: one check over 100,000 tunnels: ${under.toFixed(2)} ms under the budget, ${pressure.toFixed(2)} ms over it (${overReset.length} reset)`);
 });
 

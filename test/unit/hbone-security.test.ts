@@ -11,7 +11,7 @@ import {
   HboneSessionError,
   type HboneRefusal,
 } from '../../lib/hbone/index.ts';
-import { createTestCa, dialTarget, readAll, SERVER_ID, startHbone, tcpServer, type TestLeaf } from './hbone-certs.ts';
+import { CLIENT_ID, createTestCa, dialTarget, readAll, SERVER_ID, startHbone, tcpServer, type TestLeaf } from './hbone-certs.ts';
 import { holds, until } from '../lab/wait.ts';
 
 const cleanups: Array<() => unknown> = [];
@@ -336,8 +336,12 @@ test('tunnels whose destination does not read cannot make one session hold more 
 
 /** Opens a CONNECT on `session` and resolves once it is answered 200. */
 function openTunnel(session: ClientHttp2Session): Promise<ClientHttp2Stream> {
+  return openTunnelTo(session, '127.0.0.1:9');
+}
+
+function openTunnelTo(session: ClientHttp2Session, authority: string): Promise<ClientHttp2Stream> {
   return new Promise<ClientHttp2Stream>((resolve, reject) => {
-    const req = session.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9' }, { endStream: false });
+    const req = session.request({ ':method': 'CONNECT', ':authority': authority }, { endStream: false });
     req.on('error', () => {});
     req.once('response', (h) => (h[':status'] === 200 ? resolve(req) : reject(new Error(`answered ${h[':status']}`))));
     req.once('close', () => reject(new Error('closed before the answer')));
@@ -390,7 +394,7 @@ test('reset_high_memory_stream: a peer that does not read (zero stream window) c
   assert.equal(named.length, resets());
   assert.equal(named[0]!.peer?.spiffeId, hb.clientLeaf.spiffeId);
   assert.equal(named[0]!.peer?.address, '127.0.0.1');
-  assert.match(named[0]!.reason, /holds \d+ bytes, the most of .* tunnels holding \d+ bytes together, past the server's memory budget 4194304/);
+  assert.match(named[0]!.reason, /holds \d+ bytes; its peer holds \d+ bytes in \d+ tunnels, the most of any peer, while \d+ tunnels hold \d+ bytes together, past the server's memory budget 4194304/);
   // The attacker's streams were reset with ENHANCE_YOUR_CALM (RFC 9113 7), not left hanging.
   await until('the attacker sees its streams reset', () => opened.filter((s) => s.rstCode === h2.NGHTTP2_ENHANCE_YOUR_CALM).length === resets(), 5000);
   // Another peer that reads is served meanwhile, whatever it is sent.
@@ -477,6 +481,51 @@ test('reset_high_memory_stream: bytes sent on CONNECTs not yet answered count ag
 });
 
 // Under its budget the server resets nothing, however slowly its peers read.
+// Largest tunnels first let an attacker choose the victim: a legitimate upload to a slow
+// destination holds its stream window (4 MiB) and its pipe (256 KiB), more than any one 320 KiB
+// zero-window tunnel, and was reset first. Resets go by peer: the peer holding the most loses its
+// largest tunnels until it holds no more than the next peer or its fair share of the budget.
+test('reset_high_memory_stream by peer: an attacker with many zero-window tunnels beside one legitimate large upload loses its tunnels; the upload stays, moving', async () => {
+  const budget = 16 * 1024 * 1024;
+  const refusals: HboneRefusal[] = [];
+  const chunk = Buffer.alloc(64 * 1024);
+  let uploaded = 0;
+  const hb = await startHbone({
+    memoryBudget: budget,
+    onRefusal: (r) => refusals.push(r),
+    handler: async (req) => {
+      // The upload's destination takes 64 KiB every 20 ms (3 MiB/s), slower than the client sends.
+      if (req.authority.startsWith('10.0.0.1:')) {
+        return { upstream: new Duplex({ highWaterMark: 64 * 1024, read() {}, write(c: Buffer, _e, cb) { uploaded += c.length; setTimeout(cb, 20); } }) };
+      }
+      // The attacker's destinations answer with bulk data it never reads.
+      return { upstream: new Duplex({ read() { this.push(chunk); }, write(_c, _e, cb) { cb(); } }) };
+    },
+  });
+  cleanups.push(() => hb.close());
+  const victim = await rawClient(hb.port, hb.ca.issue('spiffe://test.local/ns/victim/sa/uploader'));
+  const up = await openTunnelTo(victim, '10.0.0.1:80');
+  let stop = false;
+  cleanups.push(() => { stop = true; });
+  const pump = (): void => { while (!stop && !up.closed && up.write(chunk)); if (!stop && !up.closed) up.once('drain', pump); };
+  pump();
+  await until('the upload holds its stream window', () => hb.server.stats().heldBytes > 3 * 1024 * 1024, 10_000, { explain: () => `${hb.server.stats().heldBytes} bytes held` });
+  const attacker = await rawClient(hb.port, hb.clientLeaf, { initialWindowSize: 0 });
+  // 48 tunnels of 320 KiB: 15 MiB, under the budget alone, over it beside the upload.
+  const opened = await Promise.all(Array.from({ length: 48 }, () => openTunnelTo(attacker, '10.0.0.2:80')));
+  await until('resets under memory pressure', () => refusals.some((r) => r.kind === 'memory-pressure'), 10_000, { explain: () => `${hb.server.stats().heldBytes} bytes held` });
+  await until('the attacker back under its share', () => hb.server.stats().heldBytes <= budget, 10_000, { explain: () => `${hb.server.stats().heldBytes} bytes held` });
+  const resets = refusals.filter((r) => r.kind === 'memory-pressure');
+  assert.ok(resets.every((r) => r.peer?.spiffeId === CLIENT_ID), `only the attacker's tunnels are reset: ${resets.map((r) => r.peer?.spiffeId).join(', ')}`);
+  assert.match(resets[0]!.reason, /its peer holds \d+ bytes in \d+ tunnels, the most/);
+  assert.equal(hb.server.stats().refusals['memory-pressure'], resets.length, 'each reset counted');
+  await until('attacker tunnels reset', () => opened.filter((s) => s.rstCode === h2.NGHTTP2_ENHANCE_YOUR_CALM).length === resets.length, 5_000);
+  const before = uploaded;
+  await until('the upload goes on', () => uploaded > before + 512 * 1024, 10_000, { explain: () => `${uploaded - before} bytes more` });
+  assert.equal(up.closed, false, 'the upload was not reset');
+  stop = true;
+});
+
 test('a legitimate slow reader on a server under its memory budget is never reset', async () => {
   const tunnels: Array<{ produced: number }> = [];
   const chunk = Buffer.alloc(64 * 1024);
