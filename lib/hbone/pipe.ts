@@ -56,7 +56,7 @@ function isHttp2Stream(d: Duplex): d is Http2StreamLike {
  * Tears one side down the way RFC 9113 section 8.5 asks a CONNECT proxy to: a TCP error or RST
  * becomes RST_STREAM(CONNECT_ERROR) and a stream error becomes a TCP RST.
  */
-function abortSide(d: Duplex): void {
+export function abortSide(d: Duplex): void {
   if (d.destroyed) return;
   if (isHttp2Stream(d)) {
     if (d.closed) return;
@@ -131,6 +131,11 @@ export function pipeBidirectional(a: Duplex, b: Duplex, opts: PipeOptions = {}):
     };
 
     const maybeFinish = (): void => {
+      // A side that closed after its end was passed on can take nothing more (a CONNECT stream the
+      // client closed with RST_STREAM(NO_ERROR)): once the other side has taken what was written
+      // to it, it goes too, rather than stay open for a direction nobody can deliver.
+      if (doneAtoB && closedA && !doneBtoA) { if (!b.destroyed) b.destroy(); return; }
+      if (doneBtoA && closedB && !doneAtoB) { if (!a.destroyed) a.destroy(); return; }
       if (!doneAtoB || !doneBtoA) return;
       // Both directions delivered their FIN; release whatever does not close on its own.
       if (!a.destroyed) a.destroy();
@@ -176,12 +181,14 @@ export function pipeBidirectional(a: Duplex, b: Duplex, opts: PipeOptions = {}):
       closedA = true;
       const reset = resetError(a);
       if (reset || !a.readableEnded || !(a.writableFinished || doneBtoA)) abort('a', reset);
+      else maybeFinish();
       settle();
     };
     const onCloseB = (): void => {
       closedB = true;
       const reset = resetError(b);
       if (reset || !b.readableEnded || !(b.writableFinished || doneAtoB)) abort('b', reset);
+      else maybeFinish();
       settle();
     };
 

@@ -15,7 +15,7 @@ import { HboneError } from './errors.ts';
 import { admitWorkloadPeer, spiffeIdFromCert, type PeerCheck } from './peer.ts';
 import type { SpiffeId } from '../identity/spiffe.ts';
 import { forwardedFor, type ForwardedNode } from './forwarded.ts';
-import { pipeBidirectional, type PipeResult } from './pipe.ts';
+import { abortSide, pipeBidirectional, type PipeResult } from './pipe.ts';
 import { RapidResetGuard, type RapidResetLimits } from './rapid-reset.ts';
 import { SessionBuffer } from './session-buffer.ts';
 import { TunnelMemory, defaultMemoryBudget, type Buffered, type MemoryBudget, type MemoryReset, type TrackedTunnel } from './memory-pressure.ts';
@@ -280,6 +280,9 @@ interface SessionState {
 /** A tunnel (or a CONNECT not yet answered) in the server's tunnel memory. */
 interface HeldTunnel extends TrackedTunnel {
   readonly stream: ServerHttp2Stream;
+  upstream: Duplex | undefined;
+  /** Answered and piped: it is the server's until the pipe settles, not until its stream closes. */
+  piping: boolean;
   readonly session: SessionState;
   readonly authority: string;
   readonly target: TunnelTarget;
@@ -582,14 +585,17 @@ export class HboneServer {
   /** Resets a tunnel the tunnel memory chose (its peer holds the most while all hold more than the budget). */
   #resetForMemory(t: HeldTunnel, e: MemoryReset, budget: number): void {
     const { stream, session: state } = t;
-    if (stream.closed || stream.destroyed) return;
+    const closed = stream.closed || stream.destroyed;
+    // A stream closed while its destination still holds the client's bytes: only the destination is left to reset.
+    if (closed && !(t.piping && t.upstream !== undefined && !t.upstream.destroyed)) return;
     // Ours, not the peer's early reset; a handler still deciding finds it closed and drops its upstream.
     answered.add(stream);
     const reason = `tunnel to ${t.authority} holds ${e.held} bytes; its peer holds ${e.peerHeld} bytes in ${e.peerTunnels} tunnels, the most of any peer, while ${e.tunnels} tunnels hold ${e.total} bytes together, past the server's memory budget ${budget}; reset (the peer holding the most first, its largest tunnels, down to ${Math.floor(budget * MEMORY_RESET_TARGET)})`;
     this.#refuse({ kind: 'memory-pressure', reason, peer: { spiffeId: state.peer.spiffeId, address: state.peer.address }, authority: t.authority, target: t.target });
     // RFC 9113 section 7: ENHANCE_YOUR_CALM, as for early data; the pipe passes it on to the
     // destination as a TCP RST (RFC 9113 section 8.5).
-    stream.close(h2.NGHTTP2_ENHANCE_YOUR_CALM);
+    if (!closed) stream.close(h2.NGHTTP2_ENHANCE_YOUR_CALM);
+    else abortSide(t.upstream!);
   }
 
   #refuse(refusal: HboneRefusal): void {
@@ -728,7 +734,8 @@ export class HboneServer {
       this.#respondRefusal(stream, 400, reason);
       return;
     }
-    // The peer's tunnels over all its sessions, held from here to the stream's close.
+    // The peer's tunnels over all its sessions, held from here until the stream's close or, once
+    // answered, until the pipe settles (the destination may hold the client's bytes after that).
     const { peerKey } = state;
     const holding = this.#tunnelsOf.get(peerKey);
     const maxTunnels = this.#opts.maxTunnelsPerPeer ?? DEFAULT_MAX_TUNNELS_PER_PEER;
@@ -739,12 +746,11 @@ export class HboneServer {
       return;
     }
     this.#tunnelsOf.take(peerKey);
-    // In the server's tunnel memory from here, early data included, to the stream's close.
-    const held: HeldTunnel = { stream, upstream: undefined, inner: undefined, early: 0, held: 0, reset: false, session: state, peer: peerKey, authority, target };
+    // In the server's tunnel memory from here, early data included, as long as it holds the peer's slot.
+    const held: HeldTunnel = { stream, upstream: undefined, inner: undefined, early: 0, held: 0, reset: false, piping: false, session: state, peer: peerKey, authority, target };
     this.#memory.add(held);
     stream.once('close', () => {
-      this.#tunnelsOf.release(peerKey);
-      this.#memory.delete(held);
+      if (!held.piping) this.#release(held);
     });
     const selected: Record<string, string> = {};
     for (const name of this.#forward) {
@@ -840,14 +846,22 @@ export class HboneServer {
     this.#stats.tunnelsOpened++;
     this.#stats.tunnelsActive++;
     const started = performance.now();
+    held.piping = true;
     const piping = pipeBidirectional(stream, upstream);
     // Holding the early data paused the stream; a paused stream does not start flowing on its own
     // when the pipe listens.
     if (stream.readableFlowing === false) stream.resume();
     void piping.then((result) => {
+      this.#release(held);
       this.#stats.tunnelsActive--;
       this.#opts.onTunnelClosed?.({ ...result, request, durationMs: performance.now() - started });
     });
+  }
+
+  /** A tunnel gives back its peer's slot and leaves the memory count. */
+  #release(held: HeldTunnel): void {
+    this.#tunnelsOf.release(held.peer);
+    this.#memory.delete(held);
   }
 
   #respondRefusal(stream: ServerHttp2Stream, status: number, reason: string): void {

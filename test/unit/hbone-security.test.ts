@@ -526,6 +526,46 @@ test('reset_high_memory_stream by peer: an attacker with many zero-window tunnel
   stop = true;
 });
 
+// A tunnel is the server's until its pipe settles, not until its stream closes: a destination
+// that answers, ends its side and never reads keeps the client's bytes in the pipe after both
+// ends of the stream closed. Before, such tunnels left the count at their stream's close: 64 open
+// against maxTunnelsPerPeer 16, 16 MiB held with heldBytes 0.
+test('tunnels whose stream closed while their destination still holds the client\'s bytes count against maxTunnelsPerPeer and the memory budget until the pipe settles', async () => {
+  const budget = 2 * 1024 * 1024;
+  const ups: Duplex[] = [];
+  const hb = await startHbone({
+    memoryBudget: budget,
+    maxTunnelsPerPeer: 16,
+    handler: async () => {
+      // Answers a line, ends its side (FIN), never reads.
+      let sent = false;
+      const d = new Duplex({ read() { if (!sent) { sent = true; this.push(Buffer.from('bye\n')); this.push(null); } }, write() { /* never completes */ } });
+      ups.push(d);
+      return { upstream: d };
+    },
+  });
+  cleanups.push(() => hb.close());
+  const client = await rawClient(hb.port, hb.clientLeaf);
+  const live = (): Duplex[] => ups.filter((d) => !d.destroyed);
+  const heldInUpstreams = (): number => live().reduce((n, d) => n + d.writableLength, 0);
+  let mostLive = 0;
+  for (let i = 0; i < 64; i++) {
+    const req = client.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9' }, { endStream: false });
+    req.on('error', () => {});
+    req.resume();
+    req.end(Buffer.alloc(256 * 1024));
+    await new Promise<void>((r) => req.once('close', () => r()));
+    mostLive = Math.max(mostLive, live().length);
+  }
+  assert.ok(mostLive <= 16, `${mostLive} tunnels open against maxTunnelsPerPeer 16`);
+  const stats = hb.server.stats();
+  assert.ok(stats.refusals['too-many-tunnels'] + stats.refusals['memory-pressure'] > 0, JSON.stringify(stats.refusals));
+  await until('what the destinations hold is counted and within the budget', () => {
+    const held = heldInUpstreams();
+    return hb.server.stats().heldBytes >= held && held <= budget;
+  }, 5_000, { explain: () => `${live().length} open, ${heldInUpstreams()} bytes in them, heldBytes ${hb.server.stats().heldBytes}, ${JSON.stringify(hb.server.stats().refusals)}` });
+});
+
 test('a legitimate slow reader on a server under its memory budget is never reset', async () => {
   const tunnels: Array<{ produced: number }> = [];
   const chunk = Buffer.alloc(64 * 1024);
