@@ -1,5 +1,5 @@
 import { startChecking, stopChecking } from './session-buffer.ts';
-import { FALLBACK_MEMORY_BUDGET, MEMORY_BUDGET_FRACTION } from './tuning.ts';
+import { FALLBACK_MEMORY_BUDGET, MEMORY_BUDGET_FRACTION, MEMORY_RESETS_PER_CHECK } from './tuning.ts';
 import { ownMemoryLimit } from '../sys/cgroup.ts';
 import { findCgroup2Root } from '../sys/mounts.ts';
 
@@ -179,7 +179,8 @@ export class TunnelMemory<T extends TrackedTunnel> {
   /**
    * Resets tunnels until `total` is below the target: the peer holding the most loses its largest
    * tunnels until it holds no more than the next peer or its fair share (at least one tunnel, so
-   * that each round frees something), then the peers are ranked again.
+   * that each round frees something), then the peers are ranked again; at most
+   * MEMORY_RESETS_PER_CHECK, the next check goes on.
    */
   #relieve(total: number, n: number): void {
     const byPeer = new Map<string, PeerHeld<T>>();
@@ -196,7 +197,8 @@ export class TunnelMemory<T extends TrackedTunnel> {
     const peers = [...byPeer.values()].sort((a, b) => b.held - a.held);
     const fair = this.#opts.budget / peers.length;
     const target = this.#opts.target;
-    while (total > target && peers.length > 0) {
+    let left = MEMORY_RESETS_PER_CHECK;
+    while (total > target && peers.length > 0 && left > 0) {
       const p = peers.shift()!;
       const floor = Math.max(peers[0]?.held ?? 0, fair);
       if (!p.sorted) {
@@ -208,10 +210,11 @@ export class TunnelMemory<T extends TrackedTunnel> {
       do {
         const t = p.tunnels[p.next++]!;
         t.reset = true;
+        left--;
         this.#opts.reset(t, { held: t.held, peerHeld, peerTunnels, total, tunnels: n });
         p.held -= t.held;
         total -= t.held;
-      } while (total > target && p.held > floor && p.next < p.tunnels.length);
+      } while (total > target && p.held > floor && p.next < p.tunnels.length && left > 0);
       if (p.next === p.tunnels.length) continue;
       // Back in its place among the others, largest first.
       let i = 0;

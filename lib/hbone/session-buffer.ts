@@ -24,7 +24,17 @@ let ticker: NodeJS.Timeout | undefined;
 export function startChecking(check: () => void): void {
   checks.add(check);
   if (ticker) return;
-  ticker = setInterval(() => { for (const c of checks) c(); }, SESSION_BUFFER_CHECK_MS);
+  ticker = setInterval(() => {
+    for (const c of checks) {
+      // One check's fault (a callback it makes, onRefusal included) must neither stop the others
+      // nor escape the timer, where it would end the process.
+      try {
+        c();
+      } catch (err) {
+        process.emitWarning(`an HBONE server check threw (the next tick runs it again): ${err instanceof Error ? err.stack ?? err.message : String(err)}`, { type: 'WeftCheckError' });
+      }
+    }
+  }, SESSION_BUFFER_CHECK_MS);
   ticker.unref();
 }
 

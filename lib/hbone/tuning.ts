@@ -142,5 +142,12 @@ export const MEMORY_BUDGET_FRACTION = 0.5;
  */
 export const FALLBACK_MEMORY_BUDGET = 256 * 1024 * 1024;
 
+/**
+ * At most this many tunnels are reset at one check (the next goes on 200 ms later), so that a
+ * check under pressure costs a bounded time: Envoy's reset_high_memory_stream resets at most 50
+ * streams an invocation (source/common/buffer/watermark_buffer.cc, kMaxNumberOfStreamsToResetPerInvocation).
+ */
+export const MEMORY_RESETS_PER_CHECK = 50;
+
 /** Resets under memory pressure stop once the total is below this fraction of the budget. */
 export const MEMORY_RESET_TARGET = 0.75;

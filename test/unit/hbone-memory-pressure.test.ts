@@ -4,9 +4,11 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { defaultMemoryBudget, TunnelMemory, type SessionTally, type TrackedTunnel } from '../../lib/hbone/memory-pressure.ts';
-import { FALLBACK_MEMORY_BUDGET } from '../../lib/hbone/tuning.ts';
+import { FALLBACK_MEMORY_BUDGET, MEMORY_RESETS_PER_CHECK } from '../../lib/hbone/tuning.ts';
 import { HboneServer } from '../../lib/hbone/server.ts';
 import { ownMemoryLimit } from '../../lib/sys/cgroup.ts';
+import { startChecking, stopChecking } from '../../lib/hbone/session-buffer.ts';
+import { until } from '../lab/wait.ts';
 import { AGENT_RESOURCES } from '../../cli/install/agent.ts';
 import { EASTWEST_RESOURCES } from '../../cli/install/eastwest.ts';
 import { WAYPOINT_RESOURCES } from '../../controller/src/waypoints-kube.ts';
@@ -132,11 +134,11 @@ test('TunnelMemory: one check over 100,000 tunnels (printed)', () => {
   started = performance.now();
   over.check();
   const pressure = performance.now() - started;
+  // At most MEMORY_RESETS_PER_CHECK a check (Envoy: 50 streams an invocation); the next checks go on.
+  assert.equal(overReset.length, MEMORY_RESETS_PER_CHECK);
   m.stop();
   over.stop();
   assert.equal(reset.length, 0);
-  const freed = overReset.reduce((n, r) => n + r.held, 0);
-  assert.ok(total - freed < total * 0.75 && total - freed > total * 0.6, `${freed} of ${total} bytes freed`);
   // The peers holding the most first: each peer that lost a tunnel held at least as much as every peer that lost none.
   const heldBy = new Map<string, { held: number; lost: boolean }>();
   for (const tn of all) {
@@ -148,7 +150,7 @@ test('TunnelMemory: one check over 100,000 tunnels (printed)', () => {
   const peers = [...heldBy.values()];
   const spared = Math.max(0, ...peers.filter((p) => !p.lost).map((p) => p.held));
   assert.ok(peers.every((p) => !p.lost || p.held >= spared), 'a peer holding less lost tunnels before one holding more');
-  console.log(`TunnelMemory: one check over 100,000 tunnels: ${under.toFixed(2)} ms under the budget, ${pressure.toFixed(2)} ms over it (${overReset.length} reset)`);
+  console.log(`TunnelMemory: one check over 100,000 tunnels: ${under.toFixed(2)} ms under the budget, ${pressure.toFixed(2)} ms over it (${MEMORY_RESETS_PER_CHECK} reset)`);
 });
 
 test('TunnelMemory: a budget that is not a positive number of bytes is refused, naming the option', () => {
@@ -205,4 +207,25 @@ test('the default memory budget is half the cgroup v2 memory.max, the lowest fro
   const s = new HboneServer({ tls: { ca: [] }, handler: async () => { throw new Error('unused'); } });
   assert.deepEqual(s.memoryBudget, defaultMemoryBudget());
   assert.equal(new HboneServer({ tls: { ca: [] }, memoryBudget: 1234, handler: async () => { throw new Error('unused'); } }).memoryBudget.bytes, 1234);
+});
+
+// An exception from a check (a callback it makes: onRefusal, onSessionThrottled) escaped the
+// timer's callback and ended the process; the other checks did not run that tick.
+test('a check that throws is reported as a warning and the other checks go on, tick after tick', async () => {
+  const warnings: Error[] = [];
+  const onWarning = (w: Error): void => { if (w.name === 'WeftCheckError') warnings.push(w); };
+  process.on('warning', onWarning);
+  let ran = 0;
+  const bad = (): void => { throw new Error('onRefusal failed'); };
+  const good = (): void => { ran++; };
+  startChecking(bad);
+  startChecking(good);
+  try {
+    await until('two ticks of the good check', () => ran >= 2 && warnings.length >= 2, 5_000, { explain: () => `${ran} runs, ${warnings.length} warnings` });
+    assert.match(warnings[0]!.message, /onRefusal failed/);
+  } finally {
+    stopChecking(bad);
+    stopChecking(good);
+    process.off('warning', onWarning);
+  }
 });
