@@ -256,9 +256,14 @@ test('a peer with a zero stream window that never reads what its pod sends canno
   const pods: import('node:net').Socket[] = [];
   const chunk = Buffer.alloc(64 * 1024);
   // A pod that sends without end (a large download).
+  let podsReset = 0;
+  let podsEnded = 0;
   const app = await tcpServer((s) => {
     pods.push(s);
-    s.on('error', () => {});
+    // RFC 9113 8.5: a stream error becomes a TCP RST, which the pod sees as ECONNRESET (EPIPE when
+    // it arrives under a write); a FIN would be a clean end, as if the download were complete.
+    s.on('error', (e: NodeJS.ErrnoException) => { if (e.code === 'ECONNRESET' || e.code === 'EPIPE') podsReset++; });
+    s.on('end', () => { podsEnded++; });
     const send = (): void => { while (!s.destroyed && s.write(chunk)); };
     s.on('drain', send);
     send();
@@ -278,6 +283,8 @@ test('a peer with a zero stream window that never reads what its pod sends canno
   await until('the largest tunnels are reset, each pod connection closed', () => resets() >= 8 && pods.filter((s) => s.destroyed).length === resets(), 10_000,
     { explain: () => `${resets()} resets, ${pods.filter((s) => s.destroyed).length} pod connections closed, ${inbound.server.stats().heldBytes} bytes held` });
   await until('the agent holds its budget at most', () => inbound.server.stats().heldBytes <= budget, 5_000);
+  await until('each reset pod connection got an RST', () => podsReset === resets(), 5_000, { explain: () => `${podsReset} RST of ${resets()} resets` });
+  assert.equal(podsEnded, 0, 'no pod connection got a FIN');
   const counted = (await metrics.denied.get()).values.find((v) => v.labels['reason'] === 'memory-pressure');
   assert.equal(counted?.value, resets());
   assert.equal(counted?.labels['destination_workload'], DEST.workloadName);
