@@ -276,6 +276,15 @@ describe('another namespace\'s consumer routes at a waypoint', () => {
   });
 });
 
+/** shop's reviews Service on 80 (named `first`) and 9090 (`admin`), both served by one backend: the consumer-route tests' producer. */
+function reviewsOnTwoPorts(backendPort: number, first: string): Service {
+  return {
+    ...service('reviews', '10.96.0.10', []),
+    ports: [{ name: first, port: 80, targetPort: 80, protocol: 'TCP', appProtocol: 'http' }, { name: 'admin', port: 9090, targetPort: 9090, protocol: 'TCP', appProtocol: 'http' }],
+    endpoints: [{ ...endpoint(backendPort), ports: { '80': backendPort, '9090': backendPort } }],
+  };
+}
+
 // The attack: a consumer route (GEP-1294; evil's, on shop's Service, sending to that Service needs
 // no grant) runs at shop's waypoint, after shop's AuthorizationPolicies judged the request as evil's
 // client addressed it; its filters and backend then changed it (another port of the Service, a
@@ -291,11 +300,7 @@ describe('a consumer route cannot step around the producer\'s waypoint policy', 
   before(async () => {
     b = await startHttpBackend(echo('reviews'));
     engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
-    const reviews: Service = {
-      ...service('reviews', '10.96.0.10', []),
-      ports: [{ name: 'http', port: 80, targetPort: 80, protocol: 'TCP', appProtocol: 'http' }, { name: 'admin', port: 9090, targetPort: 9090, protocol: 'TCP', appProtocol: 'http' }],
-      endpoints: [{ ...endpoint(b.port), ports: { '80': b.port, '9090': b.port } }],
-    };
+    const reviews = reviewsOnTwoPorts(b.port, 'http');
     const toReviews = (port: number) => ({ ...backend('reviews', 1, [], 'shop'), port });
     const consumer: Route = {
       ...route('detour', 'reviews', [
@@ -512,11 +517,7 @@ describe('a GRPCRoute consumer route is judged as it sends', () => {
   before(async () => {
     b = await startHttpBackend(echo('reviews'));
     engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
-    const reviews: Service = {
-      ...service('reviews', '10.96.0.10', []),
-      ports: [{ name: 'grpc', port: 80, targetPort: 80, protocol: 'TCP', appProtocol: 'http' }, { name: 'admin', port: 9090, targetPort: 9090, protocol: 'TCP', appProtocol: 'http' }],
-      endpoints: [{ ...endpoint(b.port), ports: { '80': b.port, '9090': b.port } }],
-    };
+    const reviews = reviewsOnTwoPorts(b.port, 'grpc');
     const consumer: Route = {
       ...route('grpc-detour', 'reviews', [{ matches: [match({ path: { type: 'Exact', value: '/shop.Reviews/Get' } })], backends: [{ ...backend('reviews', 1, [], 'shop'), port: 9090 }] }], { kind: 'GRPCRoute' }),
       namespace: 'evil', port: 80,
