@@ -204,6 +204,12 @@ test('security.istio.io answering 503 at start: no snapshot without the Istio DE
     const started = startHarness(source).then((x) => ((done = true), (h = x)));
     const said = (level: string) => logs.filter((l) => l.level === level && /Istio security objects are not being read/.test(l.msg) && l.fields.resource === 'AuthorizationPolicy.security.istio.io');
     await until('asked again three times', () => said('debug').length >= 2);
+    // The failure's message carries the response's Date header (@kubernetes/client-node's
+    // ApiException), so it differs once a second has passed: still the same failure, not warned again.
+    const firstWarned = Date.now();
+    await until('a second after the first warning', () => Date.now() - firstWarned > 1_100, 5_000);
+    const askedBefore = said('debug').length + said('warn').length;
+    await until('asked again after that second', () => said('debug').length + said('warn').length > askedBefore, 10_000);
     assert.equal(done, false, 'the start (and the first snapshot) waits for the Istio group');
     assert.deepEqual(said('warn').map((l) => l.fields.attempts), [1], 'warned once');
     assert.deepEqual(said('debug').slice(0, 2).map((l) => l.fields.attempts), [2, 3]);

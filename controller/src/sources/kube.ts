@@ -295,9 +295,14 @@ export class KubeSource implements ConfigSource {
         const error = forbidden ? `${what} are not being read: RBAC forbids listing ${this.#path(r)} (403); grant the controller's ClusterRole get, list and watch there` : `${what} are not being read yet: ${(e as Error).message}`;
         const was = this.#unanswered.get(id);
         const attempts = (was?.attempts ?? 0) + 1;
-        this.#unanswered.set(id, { error, attempts });
-        // Warned once, and again when the error changes; every attempt after at debug level.
-        const level = was?.error === error ? 'debug' : 'warn';
+        // What kind of failure it is: the HTTP status, or the socket error's code; the message only
+        // when there is neither. A message can differ between attempts of one failure (a body, a
+        // timing), which must not warn again.
+        const code = (e as { code?: unknown }).code;
+        const kind = typeof code === 'number' || typeof code === 'string' ? String(code) : error;
+        this.#unanswered.set(id, { error, kind, attempts });
+        // Warned once, and again when the kind of failure changes; every attempt after at debug level.
+        const level = was?.kind === kind ? 'debug' : 'warn';
         this.#log[level](forbidden ? `${what} are not being read: RBAC` : `${what} are not being read: cannot tell whether the resource is served; asking again before starting`, { resource: id, attempts, error: (e as Error).message });
         this.#healthChanged();
         if (forbidden || this.#stopped) return false;
@@ -313,7 +318,7 @@ export class KubeSource implements ConfigSource {
   }
 
   /** Resources of another API group than their kind's own the API server failed to answer about (forbidden, failing), by resourceId: asked again with the absent ones. */
-  readonly #unanswered = new Map<string, { error: string; attempts: number }>();
+  readonly #unanswered = new Map<string, { error: string; kind: string; attempts: number }>();
 
   /** Whether the API server serves `r` (404: not), in the newest of its versions it serves; throws on any other failure. */
   async #probe(r: Resource): Promise<boolean> {
