@@ -637,15 +637,17 @@ test('CONNECTs a client gives up on after waiting longer than the minimum stream
   const hb = await startHbone({
     handler: async (req) => {
       req.signal.addEventListener('abort', () => cancelled++);
-      await sleep(600);
+      await sleep(3_000);
       return { status: 503, reason: 'slow' };
     },
-    rapidReset: { max: 5, intervalMs: 10_000, minLifetimeMs: 100 },
+    // Margins that survive a loaded machine (this test failed once in nine under load with 100 ms
+    // against 250 ms and 10 ms): a late cancel comes 1.5 s after the lifetime, a quick one 1 s before it.
+    rapidReset: { max: 5, intervalMs: 10_000, minLifetimeMs: 1_000 },
   });
   cleanups.push(() => hb.close());
   const pool = new HbonePool();
   cleanups.push(() => pool.close(100));
-  const late = await Promise.all(Array.from({ length: 20 }, () => pool.connect(hb.to('127.0.0.1:9', { timeoutMs: 250 })).then(() => 'answered', (e: Error) => e.name)));
+  const late = await Promise.all(Array.from({ length: 20 }, () => pool.connect(hb.to('127.0.0.1:9', { timeoutMs: 2_500 })).then(() => 'answered', (e: Error) => e.name)));
   assert.ok(late.every((r) => r === 'HboneConnectTimeoutError'), JSON.stringify(late.slice(0, 3)));
   // Every reset has reached the server once each handler saw its CONNECT cancelled.
   await until('the server saw the 20 CONNECTs cancelled', () => cancelled === 20, 5_000, { explain: () => `${cancelled} cancelled` });
