@@ -35,6 +35,7 @@ import {
   HBONE_REASON_HEADER,
   MAX_HEADER_LIST_SIZE,
   MEMORY_RESET_TARGET,
+  DEFAULT_DRAIN_TIMEOUT_MS,
 } from './tuning.ts';
 
 /** The server's TLS material as plain node:tls values (PEM strings or buffers). */
@@ -135,7 +136,9 @@ export type HboneRefusalKind =
    * The server's tunnels held more than `memoryBudget` together and this one (open or opening) was
    * among those holding the most: reset (Envoy's reset_high_memory_stream).
    */
-  | 'memory-pressure';
+  | 'memory-pressure'
+  /** The CONNECT stream closed and the destination did not take the client's last bytes within `drainTimeoutMs`: reset. */
+  | 'drain-timeout';
 
 export interface HboneRefusal {
   kind: HboneRefusalKind;
@@ -249,6 +252,13 @@ export interface HboneServerOptions {
    * without one (defaultMemoryBudget; tuning.ts says why); `memoryBudget` on the server says which.
    */
   memoryBudget?: number;
+  /**
+   * Once a tunnel's CONNECT stream has closed, how long its destination may take to take the
+   * client's last bytes before it is reset (`drain-timeout`) and the tunnel released: a destination
+   * that half-closes and never reads would otherwise hold its peer's slot forever. Default
+   * DEFAULT_DRAIN_TIMEOUT_MS.
+   */
+  drainTimeoutMs?: number;
   onRefusal?: (refusal: HboneRefusal) => void;
   onTunnelClosed?: (closed: HboneTunnelClosed) => void;
   /** A session went over its buffer: every stream's window is shrunk until its destinations catch up. */
@@ -367,6 +377,7 @@ export class HboneServer {
       'settings-timeout': 0,
       'too-many-tunnels': 0,
       'memory-pressure': 0,
+      'drain-timeout': 0,
     },
   };
   #closing = false;
@@ -851,7 +862,31 @@ export class HboneServer {
     // Holding the early data paused the stream; a paused stream does not start flowing on its own
     // when the pipe listens.
     if (stream.readableFlowing === false) stream.resume();
+    // The stream closed, the pipe not settled: the destination still holds (or will not take) the
+    // client's last bytes. It gets a deadline, then a reset, so that it cannot pin the tunnel.
+    const drainMs = this.#opts.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS;
+    let drain: NodeJS.Timeout | undefined;
+    let settled = false;
+    const onStreamClose = (): void => {
+      if (settled) return;
+      drain = setTimeout(() => {
+        if (settled || upstream.destroyed) return;
+        const { peer } = held.session;
+        abortSide(upstream);
+        this.#refuse({
+          kind: 'drain-timeout',
+          reason: `tunnel to ${held.authority}: its CONNECT stream closed and the destination did not take the client's last bytes within ${drainMs} ms; reset`,
+          peer: { spiffeId: peer.spiffeId, address: peer.address }, authority: held.authority, target: held.target,
+        });
+      }, drainMs);
+      drain.unref();
+    };
+    if (stream.closed || stream.destroyed) onStreamClose();
+    else stream.once('close', onStreamClose);
     void piping.then((result) => {
+      settled = true;
+      clearTimeout(drain);
+      stream.off('close', onStreamClose);
       this.#release(held);
       this.#stats.tunnelsActive--;
       this.#opts.onTunnelClosed?.({ ...result, request, durationMs: performance.now() - started });

@@ -117,6 +117,14 @@ export const THROTTLED_STREAM_WINDOW = 64 * 1024;
 /** How often a session with open tunnels is checked against its buffer. */
 export const SESSION_BUFFER_CHECK_MS = 200;
 
+/**
+ * Once a tunnel's CONNECT stream has closed, its destination has this long to take the client's
+ * last bytes; past it the destination is reset (`drain-timeout`) and the tunnel released. Without
+ * it a destination that half-closes and never reads holds its peer's tunnel slot forever (the pipe
+ * waits for its write to finish and the server's pipe has no idle timeout).
+ */
+export const DEFAULT_DRAIN_TIMEOUT_MS = 5_000;
+
 /** A peer that does not acknowledge our SETTINGS within this long is cut off (RFC 9113 6.5.3, SETTINGS_TIMEOUT). */
 export const SETTINGS_ACK_TIMEOUT_MS = 5_000;
 

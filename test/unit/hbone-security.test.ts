@@ -911,3 +911,42 @@ test('tunnels one peer holds are bounded over every port of the server: past max
   assert.equal((await reply).toString(), 'hi');
   assert.deepEqual(refusals.map((r) => r.kind), ['too-many-tunnels'], 'counted once');
 });
+
+test('a destination that half-closes and never reads cannot pin its peer\'s tunnel slots: once the CONNECT stream closed, it is reset after the drain deadline, the slot freed, counted drain-timeout and named', async () => {
+  const drainTimeoutMs = 300;
+  const ups: Duplex[] = [];
+  const refusals: HboneRefusal[] = [];
+  const hb = await startHbone({
+    maxTunnelsPerPeer: 1,
+    drainTimeoutMs,
+    onRefusal: (r) => refusals.push(r),
+    handler: async () => {
+      // Ends its side (FIN) at once and never reads: no write of the client's bytes ever completes.
+      let sent = false;
+      const d = new Duplex({ read() { if (!sent) { sent = true; this.push(null); } }, write() { /* never completes */ } });
+      ups.push(d);
+      return { upstream: d };
+    },
+  });
+  cleanups.push(() => hb.close());
+  const client = await rawClient(hb.port, hb.clientLeaf);
+  const req = client.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9' }, { endStream: false });
+  req.on('error', () => {});
+  req.resume();
+  req.end(Buffer.alloc(64 * 1024));
+  await new Promise<void>((r) => req.once('close', () => r()));
+  const started = performance.now();
+  // The peer's one slot comes back: a new CONNECT is answered 200 rather than 503 too-many-tunnels.
+  await until('the destination is reset and counted drain-timeout', () => hb.server.stats().refusals['drain-timeout'] === 1, drainTimeoutMs + 3_000, {
+    explain: () => `${ups.filter((d) => !d.destroyed).length} destinations open, ${JSON.stringify(hb.server.stats().refusals)}`,
+  });
+  assert.ok(performance.now() - started >= drainTimeoutMs * 0.9, 'not before the deadline');
+  assert.ok(ups[0]!.destroyed, 'the destination is closed');
+  const named = refusals.filter((r) => r.kind === 'drain-timeout');
+  assert.equal(named.length, 1, 'counted once');
+  assert.match(named[0]!.reason, /did not take/);
+  assert.equal(named[0]!.peer?.spiffeId, CLIENT_ID);
+  const next = await respond(client, { ':method': 'CONNECT', ':authority': '127.0.0.1:9' });
+  assert.equal(next[':status'], 200, 'the peer\'s slot was released');
+  assert.equal(hb.server.stats().refusals['too-many-tunnels'], 0);
+});
