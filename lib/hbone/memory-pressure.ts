@@ -92,7 +92,11 @@ export interface TunnelMemoryOptions<T extends TrackedTunnel> {
    * whether checks are still needed while no tunnel is left (a throttled session to release).
    */
   afterPass: () => boolean;
-  /** Resets `tunnel`: it holds `held` bytes; its peer `peerHeld` in `peerTunnels`, the most of any peer; all `tunnels` held `total` at this check. */
+  /**
+   * Resets `tunnel`: it holds `held` bytes; its peer `peerHeld` in `peerTunnels`, the most of any peer; all `tunnels` held `total` at this check.
+   * The tunnel is marked reset before the call and not checked again, so the callback must close it
+   * before anything that may throw (a notification): a throw after that leaves it closed, not open and uncounted.
+   */
   reset: (tunnel: T, e: MemoryReset) => void;
 }
 

@@ -602,11 +602,16 @@ export class HboneServer {
     // Ours, not the peer's early reset; a handler still deciding finds it closed and drops its upstream.
     answered.add(stream);
     const reason = `tunnel to ${t.authority} holds ${e.held} bytes; its peer holds ${e.peerHeld} bytes in ${e.peerTunnels} tunnels, the most of any peer, while ${e.tunnels} tunnels hold ${e.total} bytes together, past the server's memory budget ${budget}; reset (the peer holding the most first, its largest tunnels, down to ${Math.floor(budget * MEMORY_RESET_TARGET)})`;
-    this.#refuse({ kind: 'memory-pressure', reason, peer: { spiffeId: state.peer.spiffeId, address: state.peer.address }, authority: t.authority, target: t.target });
-    // RFC 9113 section 7: ENHANCE_YOUR_CALM, as for early data; the pipe passes it on to the
-    // destination as a TCP RST (RFC 9113 section 8.5).
-    if (!closed) stream.close(h2.NGHTTP2_ENHANCE_YOUR_CALM);
-    else abortSide(t.upstream!);
+    // Reset first, then notified: the tunnel memory checks a tunnel it chose no more, so a
+    // notification that throws must not leave it open.
+    try {
+      // RFC 9113 section 7: ENHANCE_YOUR_CALM, as for early data; the pipe passes it on to the
+      // destination as a TCP RST (RFC 9113 section 8.5).
+      if (!closed) stream.close(h2.NGHTTP2_ENHANCE_YOUR_CALM);
+      else abortSide(t.upstream!);
+    } finally {
+      this.#refuse({ kind: 'memory-pressure', reason, peer: { spiffeId: state.peer.spiffeId, address: state.peer.address }, authority: t.authority, target: t.target });
+    }
   }
 
   #refuse(refusal: HboneRefusal): void {

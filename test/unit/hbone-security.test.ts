@@ -950,3 +950,30 @@ test('a destination that half-closes and never reads cannot pin its peer\'s tunn
   assert.equal(next[':status'], 200, 'the peer\'s slot was released');
   assert.equal(hb.server.stats().refusals['too-many-tunnels'], 0);
 });
+
+test('reset_high_memory_stream: a refusal callback that throws cannot leave a tunnel the memory check chose open and uncounted: it is reset first, then reported', async () => {
+  const budget = 2 * 1024 * 1024;
+  const upstreams: Duplex[] = [];
+  const chunk = Buffer.alloc(64 * 1024);
+  let thrown = 0;
+  const hb = await startHbone({
+    memoryBudget: budget,
+    onRefusal: (r) => { if (r.kind === 'memory-pressure') { thrown++; throw new Error('the owner\'s notification failed'); } },
+    handler: async () => {
+      const d = new Duplex({ read() { this.push(chunk); }, write(_c, _e, cb) { cb(); } });
+      upstreams.push(d);
+      return { upstream: d };
+    },
+  });
+  cleanups.push(() => hb.close());
+  const attacker = await rawClient(hb.port, hb.clientLeaf, { initialWindowSize: 0 });
+  const opened = await Promise.all(Array.from({ length: 32 }, () => openTunnel(attacker)));
+  const resets = (): number => hb.server.stats().refusals['memory-pressure'];
+  const calm = (): number => opened.filter((s) => s.rstCode === h2.NGHTTP2_ENHANCE_YOUR_CALM).length;
+  const destroyed = (): number => upstreams.filter((d) => d.destroyed).length;
+  await until('tunnels are reset although each notification throws', () => thrown > 0 && calm() === resets() && destroyed() >= resets(), 10_000, {
+    explain: () => `${thrown} notifications thrown, ${resets()} counted, ${calm()} streams reset ENHANCE_YOUR_CALM, ${destroyed()} upstreams destroyed, heldBytes ${hb.server.stats().heldBytes}`,
+  });
+  await until('the server gets under its budget', () => hb.server.stats().heldBytes <= budget, 10_000, { explain: () => `heldBytes ${hb.server.stats().heldBytes}, ${resets()} resets, ${calm()} streams reset` });
+  assert.equal(resets(), thrown, 'each reset counted once');
+});
